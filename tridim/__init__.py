@@ -1,0 +1,79 @@
+"""tridim: compress a trained CNN to a FLOPs budget along depth, width and resolution.
+
+The pipeline flows one way::
+
+    model + data --collect--> samples --fit--> predictor --solve(budget)--> triple
+        --realise--> plan --apply + finetune--> pruned model + report
+
+Main entry points
+-----------------
+optimize
+    The whole pipeline in one call.
+count_macs, count_params, Triple
+    Measured and analytic cost.
+LowRankPolynomialRegressor, solve, pareto
+    The accuracy predictor and the Lagrangian solver (no torch needed).
+prune_width, prune_depth, with_resolution, realise
+    The three dimensions, and realising a triple to an exact MACs budget.
+
+Submodules: ``tridim.data`` (datasets), ``tridim.models`` (reference models),
+``tridim.train`` (finetuning). Names are imported lazily, so the torch-free parts
+(predictor, solver, samples) load without importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Triple": "space",
+    "Bounds": "space",
+    "flops_cost": "space",
+    "count_macs": "measure",
+    "count_params": "measure",
+    "measure_latency": "measure",
+    "train": "train",
+    "evaluate": "train",
+    "LowRankPolynomialRegressor": "predictor",
+    "solve": "solver",
+    "pareto": "solver",
+    "Solution": "solver",
+    "Sample": "samples",
+    "read_samples": "samples",
+    "prune_width": "dims.width",
+    "prune_width_to_macs": "dims.width",
+    "prune_iteratively": "dims.width",
+    "bn_l1_penalty": "dims.width",
+    "criterion_oracle_correlation": "criteria",
+    "block_gains": "dims.depth",
+    "prune_depth": "dims.depth",
+    "find_blocks": "dims.depth",
+    "with_resolution": "dims.resolution",
+    "realise": "realise",
+    "Plan": "realise",
+    "collect": "collect",
+    "optimize": "optimize",
+    "CompressionResult": "optimize",
+    "save": "io",
+    "load": "io",
+    "export_onnx": "io",
+}
+
+__all__ = sorted(_EXPORTS) + ["data", "models", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("data", "models"):
+        return importlib.import_module(f".{name}", __name__)
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'tridim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
