@@ -181,9 +181,404 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- optimize / collect / report / export-onnx ------------------------------------------
+
+
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    _add_model_data_args(parser)
+    parser.add_argument(
+        "--weights",
+        help="trained weights of the model (a weights-only state "
+        "dict); if omitted, the model is trained first and cached in the workdir",
+    )
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=15,
+        help="epochs to train the base model when no --weights (default: 15)",
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=0.5,
+        help="FLOPs budget: pruned MACs / original MACs, in (0, 1] (default: 0.5)",
+    )
+    parser.add_argument("--rounds", type=int, default=4, help="pruning steps per dimension")
+    parser.add_argument(
+        "--epochs-per-step",
+        type=int,
+        default=2,
+        help="finetuning epochs after each collection step (default: 2)",
+    )
+    parser.add_argument("--criterion", default="bn_scale", help="width criterion")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--workdir", default=None, help="run folder (default: runs/<model>-<data>-t<target>)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_optimize(sub) -> None:
+    parser = sub.add_parser(
+        "optimize",
+        help="compress a model to a FLOPs budget (the whole pipeline)",
+        description="Collect samples, fit the accuracy predictor, solve for the best "
+        "(depth, width, resolution) under the budget, prune, finetune and report. "
+        "With no arguments: ResNet-20 on the embedded digits data, target 0.5.",
+    )
+    _add_engine_args(parser)
+    parser.add_argument(
+        "--final-epochs",
+        type=int,
+        default=8,
+        help="finetuning epochs of the final model (default: 8)",
+    )
+    parser.add_argument(
+        "--refine", type=int, default=1, help="verify-and-refit iterations (default: 1)"
+    )
+    parser.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="finetune without distilling from the original model",
+    )
+    parser.add_argument("--predictor", help="reuse a fitted predictor.json: skip collection")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the collection in an existing workdir (the default "
+        "behaviour; kept for clarity)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.set_defaults(handler=_run_optimize)
+
+
+def _workdir(args: argparse.Namespace) -> Path:
+    if args.workdir:
+        return Path(args.workdir)
+    data = Path(str(args.data)).name or "data"
+    return Path("runs") / f"{args.model}-{data}-t{args.target:g}"
+
+
+def _base_model(args: argparse.Namespace, bundle, workdir: Path):
+    import torch
+
+    from . import models
+    from .train import load_checkpoint, save_checkpoint, seed_everything, train
+
+    model = models.build(args.model, bundle.num_classes, bundle.input_shape[0])
+    if args.weights:
+        path = Path(args.weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"--weights {path} does not exist")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+            state = state["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as error:
+            raise ValueError(
+                f"--weights {path} does not fit {args.model}: {str(error).splitlines()[0]}"
+            ) from None
+        return model
+    cache = workdir / "base" / f"{args.model}-e{args.base_epochs}-s{args.seed}.pt"
+    if cache.is_file():
+        load_checkpoint(cache, model)
+        return model
+    print(
+        f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
+        file=sys.stderr,
+    )
+    seed_everything(args.seed)
+    train(
+        model,
+        bundle,
+        args.base_epochs,
+        lr=0.05,
+        seed=args.seed,
+        quiet=args.quiet,
+        evaluate_each_epoch=False,
+        checkpoint_path=cache.with_suffix(".partial.pt"),
+    )
+    save_checkpoint(cache, model)
+    cache.with_suffix(".partial.pt").unlink(missing_ok=True)
+    return model
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from . import data as datasets
+    from .optimize import optimize, render_report_markdown
+    from .predictor import LowRankPolynomialRegressor
+
+    workdir = _workdir(args)
+    bundle = datasets.load(args.data, **_data_options(args))
+    predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
+    model = _base_model(args, bundle, workdir)
+    result = optimize(
+        model,
+        bundle,
+        args.target,
+        workdir=workdir,
+        predictor=predictor,
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        final_epochs=args.final_epochs,
+        refine=args.refine,
+        distill=not args.no_distill,
+        criterion=args.criterion,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    if args.json:
+        print(json.dumps(result.report))
+    else:
+        print(render_report_markdown(result.report))
+        print(f"run folder: {workdir}")
+    return 0
+
+
+def _add_collect(sub) -> None:
+    parser = sub.add_parser(
+        "collect",
+        help="collect (d, w, r, accuracy) samples only",
+        description="Run the sample collection (Algorithm 1) alone; "
+        "re-running with the same workdir resumes.",
+    )
+    _add_engine_args(parser)
+    parser.set_defaults(handler=_run_collect)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from . import data as datasets
+    from .collect import JOURNAL_NAME, collect
+
+    workdir = _workdir(args)
+    bundle = datasets.load(args.data, **_data_options(args))
+    model = _base_model(args, bundle, workdir)
+    samples = collect(
+        model,
+        bundle,
+        args.target,
+        workdir=workdir,
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        criterion=args.criterion,
+        seed=args.seed,
+        quiet=args.quiet,
+    )
+    rows = [
+        {
+            "key": s.extra.get("key"),
+            "d": s.d,
+            "w": s.w,
+            "r": s.r,
+            "macs_ratio": s.extra.get("macs_ratio"),
+            "accuracy": s.accuracy,
+        }
+        for s in samples
+    ]
+    print(_format_table(rows))
+    print(f"journal: {workdir / JOURNAL_NAME}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    parser = sub.add_parser(
+        "report",
+        help="print a run folder's report",
+        description="Print the report of a run folder written by `tridim optimize`.",
+    )
+    parser.add_argument("run_dir", help="the run folder")
+    parser.add_argument("--json", action="store_true", help="print report.json as it is")
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .optimize import REPORT_NAME, render_report_markdown
+
+    path = Path(args.run_dir) / REPORT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {args.run_dir} a tridim run folder?")
+    report = json.loads(path.read_text())
+    print(json.dumps(report, indent=2) if args.json else render_report_markdown(report))
+    return 0
+
+
+def _add_export(sub) -> None:
+    parser = sub.add_parser(
+        "export-onnx",
+        help="export a saved (pruned) model to ONNX",
+        description="Export a model saved by tridim (e.g. RUN_DIR/model) "
+        "to an ONNX file with a dynamic batch dimension.",
+    )
+    parser.add_argument("model_dir", help="folder written by tridim.save (RUN_DIR/model)")
+    parser.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        nargs=3,
+        metavar=("C", "H", "W"),
+        help="input size (default: the one saved with the model)",
+    )
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .io import export_onnx, load
+
+    model = load(args.model_dir)
+    size = args.input_size or getattr(model, "tridim_input_size", None)
+    if not size:
+        raise ValueError("the saved model does not record its input size: pass --input-size C H W")
+    print(export_onnx(model, args.output, size))
+    return 0
+
+
+# -- fit --------------------------------------------------------------------------------
+
+
+def _add_fit(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "fit",
+        help="fit the accuracy predictor to a samples file",
+        description="Fit the low-rank polynomial accuracy predictor (MAP) to a JSON-lines "
+        "samples file and save it as JSON; prints leave-one-out RMSE and R^2.",
+    )
+    parser.add_argument("samples", help="samples file, one JSON object per line")
+    parser.add_argument("-o", "--output", required=True, help="predictor JSON to write")
+    parser.add_argument("--degree", type=int, default=3, help="polynomial degree (default: 3)")
+    parser.add_argument("--rank", type=int, default=1, help="CP rank (default: 1)")
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=0.0,
+        help="ridge penalty (default: 0; > 0 allows fewer samples than parameters)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(handler=_run_fit)
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from .predictor import LowRankPolynomialRegressor
+    from .samples import read_samples, samples_to_xy
+
+    X, y = samples_to_xy(read_samples(args.samples))
+    if len(y) == 0:
+        raise ValueError(f"{args.samples} holds no samples")
+    estimator = LowRankPolynomialRegressor(degree=args.degree, rank=args.rank, alpha=args.alpha)
+    summary = estimator.fit(X, y).save(args.output)
+    if args.json:
+        print(json.dumps({"predictor": str(args.output), **summary}))
+        return 0
+    loo = summary["loo_rmse"]
+    print(f"samples      {summary['n_samples']}  (parameters: {summary['n_params']})")
+    print(f"train RMSE   {summary['train_rmse']:.4g}")
+    print(f"LOO RMSE     {'-' if loo is None else f'{loo:.4g}'}")
+    print(f"R^2          {summary['r2']:.4f}")
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# -- solve ------------------------------------------------------------------------------
+
+
+def _add_solve(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "solve",
+        help="best (d, w, r) for FLOPs budgets",
+        description="Maximise the predicted accuracy subject to d * w^2 * r^2 = target, "
+        "within the range the predictor's samples cover. The multiplier is accuracy per "
+        "unit of log-FLOPs (dF*/d ln T).",
+    )
+    parser.add_argument("predictor", help="predictor JSON written by `tridim fit`")
+    parser.add_argument(
+        "--target", type=float, nargs="+", required=True, help="FLOPs ratios in (0, 1]"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per budget")
+    parser.set_defaults(handler=_run_solve)
+
+
+def _run_solve(args: argparse.Namespace) -> int:
+    from .predictor import LowRankPolynomialRegressor
+    from .solver import pareto
+
+    predictor = LowRankPolynomialRegressor.load(args.predictor)
+    solutions = pareto(predictor, args.target)
+    if args.json:
+        for solution in solutions:
+            print(json.dumps(solution.to_dict()))
+        return 0
+    rows = [
+        {
+            "target": s.target_flops_ratio,
+            "d": s.triple.d,
+            "w": s.triple.w,
+            "r": s.triple.r,
+            "accuracy": s.predicted_accuracy,
+            "multiplier": s.multiplier,
+            "kkt_residual": s.kkt_residual,
+        }
+        for s in solutions
+    ]
+    print(_format_table(rows))
+    return 0
+
+
+# -- bench predictor --------------------------------------------------------------------
+
+
+def _add_bench_predictor(bench_subparsers) -> None:
+    parser = bench_subparsers.add_parser(
+        "predictor",
+        help="accuracy predictor vs full polynomial and Gaussian process",
+        description="Leave-one-out RMSE of the rank-1/rank-2 MAP, PolynomialFeatures(3) + "
+        "RidgeCV and a Gaussian process on 13 axis-aligned noisy samples of synthetic "
+        "surfaces (plus off-axis RMSE and solve regret against the known truth), and on a "
+        "real samples file if given; fit and solve times.",
+    )
+    parser.add_argument("--samples", help="a real samples file to include")
+    parser.add_argument("--noise", type=float, default=0.002, help="synthetic noise std")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--target", type=float, default=0.3, help="FLOPs budget (default: 0.3)")
+    parser.add_argument("--json-out", help="also write the rows to this JSON file")
+    parser.set_defaults(handler=_run_bench_predictor)
+
+
+def _run_bench_predictor(args: argparse.Namespace) -> int:
+    from .bench.predictor import run_predictor_bench
+
+    rows = run_predictor_bench(
+        samples_path=args.samples, noise=args.noise, seed=args.seed, target=args.target
+    )
+    print(_format_table(rows))
+    _write_json(args.json_out, rows)
+    return 0
+
+
+def _add_bench(sub) -> None:
+    parser = sub.add_parser(
+        "bench",
+        help="benchmarks (print a table, write JSON)",
+        description="Run a benchmark, print its table and optionally write its rows as JSON.",
+    )
+    benches = parser.add_subparsers(dest="bench", metavar="BENCH", required=True)
+    for add in _BENCHES:
+        add(benches)
+
+
 # -- entry point ------------------------------------------------------------------------
 
-_COMMANDS: list[Callable] = [_add_info, _add_train]
+_BENCHES: list[Callable] = [_add_bench_predictor]
+_COMMANDS: list[Callable] = [
+    _add_optimize,
+    _add_collect,
+    _add_fit,
+    _add_solve,
+    _add_report,
+    _add_export,
+    _add_bench,
+    _add_info,
+    _add_train,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

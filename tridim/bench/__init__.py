@@ -1,0 +1,1 @@
+"""Benchmarks: plain-data results for the command line and the notebooks."""
