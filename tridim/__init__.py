@@ -24,6 +24,8 @@ Submodules: ``tridim.data`` (datasets), ``tridim.models`` (reference models),
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -34,8 +36,6 @@ _EXPORTS = {
     "count_macs": "measure",
     "count_params": "measure",
     "measure_latency": "measure",
-    "train": "train",
-    "evaluate": "train",
     "LowRankPolynomialRegressor": "predictor",
     "solve": "solver",
     "pareto": "solver",
@@ -61,11 +61,26 @@ _EXPORTS = {
     "export_onnx": "io",
 }
 
-__all__ = sorted(_EXPORTS) + ["data", "models", "__version__"]
+_SUBMODULES = ("data", "models", "train", "plot")
+# Functions that share their module's name: the package attribute stays the function
+# even after the submodule is imported (the module remains in sys.modules).
+_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"collect", "optimize", "realise"})
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name: str):
-    if name in ("data", "models"):
+    if name in _SUBMODULES:
         return importlib.import_module(f".{name}", __name__)
     module_name = _EXPORTS.get(name)
     if module_name is None:

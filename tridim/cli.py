@@ -389,6 +389,15 @@ def _add_report(sub) -> None:
     )
     parser.add_argument("run_dir", help="the run folder")
     parser.add_argument("--json", action="store_true", help="print report.json as it is")
+    parser.add_argument(
+        "--plots",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="OUT_DIR",
+        help="also write the figures as PNG files into OUT_DIR (default: RUN_DIR/plots); "
+        "needs matplotlib (pip install tridim[notebooks])",
+    )
     parser.set_defaults(handler=_run_report)
 
 
@@ -400,6 +409,11 @@ def _run_report(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} not found: is {args.run_dir} a tridim run folder?")
     report = json.loads(path.read_text())
     print(json.dumps(report, indent=2) if args.json else render_report_markdown(report))
+    if args.plots is not None:
+        from .plot import save_report_plots
+
+        for written in save_report_plots(args.run_dir, args.plots or None):
+            print(f"wrote {written}", file=sys.stderr)
     return 0
 
 
@@ -554,6 +568,81 @@ def _run_bench_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_dims(benches) -> None:
+    parser = benches.add_parser(
+        "dims",
+        help="reach one MACs budget by depth, width, resolution or all three",
+        description="From one trained base model, reach the MACs target along depth only, "
+        "width only, resolution only and a balanced triple; finetune each and "
+        "report test accuracy, measured MACs ratio, parameters and CPU latency "
+        "(with a thinner network trained from scratch as the honest baseline).",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
+    parser.add_argument("--epochs", type=int, default=3, help="finetuning epochs (default 3)")
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=None,
+        help="base training epochs (default: 15 digits, 10 fashion-mnist)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-scratch", action="store_true", help="skip the thinner-from-scratch baseline"
+    )
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.set_defaults(handler=_run_bench_dims)
+
+
+def _run_bench_dims(args: argparse.Namespace) -> int:
+    from .bench.dims import run_dims_bench
+
+    result = run_dims_bench(
+        args.data,
+        args.model,
+        target=args.target,
+        epochs=args.epochs,
+        base_epochs=args.base_epochs,
+        seed=args.seed,
+        quiet=args.quiet,
+        include_scratch=not args.no_scratch,
+        data_options=_data_options(args) or None,
+    )
+    config = result["config"]
+    print(
+        f"tridim bench dims: {config['model']} on {config['data']} "
+        f"{'x'.join(map(str, config['input_size']))}, target MACs ratio {config['target']:g}, "
+        f"base {config['base_epochs']} epochs, finetune {config['epochs']} epochs"
+    )
+    rows = []
+    for row in [result["base"], *result["rows"]]:
+        realised = row.get("realised") or {}
+        rows.append(
+            {
+                "variant": row["name"],
+                "d": realised.get("d"),
+                "w": realised.get("w"),
+                "r": realised.get("r"),
+                "accuracy": row["accuracy"],
+                "acc_before_ft": row.get("accuracy_before_finetune"),
+                "macs_ratio": row["macs_ratio"],
+                "params": row["params"],
+                "ms_b1": row["latency_ms_b1"],
+                "ms_b64": row["latency_ms_b64"],
+                "speedup_b1": row["speedup_b1"],
+                "speedup_b64": row["speedup_b64"],
+            }
+        )
+    print(_format_table(rows))
+    print(
+        "MACs: conv + linear, ratio to the base; accuracy: test, after finetuning; "
+        "latency: median CPU forward time; speed-up over the base."
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 def _add_bench(sub) -> None:
     parser = sub.add_parser(
         "bench",
@@ -567,7 +656,7 @@ def _add_bench(sub) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 
-_BENCHES: list[Callable] = [_add_bench_predictor]
+_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_dims]
 _COMMANDS: list[Callable] = [
     _add_optimize,
     _add_collect,
@@ -604,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"tridim {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,164 @@
+"""Depth: block discovery, linear-probe gains and block removal."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torchvision.models import mobilenetv2, resnet
+
+from tridim import block_gains, find_blocks, prune_depth
+from tridim.dims.depth import BlockGain, minimum_depth, remove_blocks, select_blocks
+from tridim.measure import count_macs
+from tridim.models import build
+
+
+def _zero_last_bn(block: nn.Module) -> None:
+    with torch.no_grad():
+        block.bn2.weight.zero_()
+        block.bn2.bias.zero_()
+
+
+@pytest.mark.parametrize(
+    ("name", "total", "removable"),
+    [
+        ("resnet20", 9, 7),
+        ("resnet56", 27, 25),
+        ("resnet18", 8, 5),  # layer2.0, layer3.0 and layer4.0 project their shortcut
+        ("resnet50", 16, 12),  # every stage's first Bottleneck projects, layer1.0 included
+        ("mobilenet_v2", 17, 10),
+        ("mobilenet_v3_small", 11, 6),
+    ],
+)
+def test_block_counts(name, total, removable):
+    model = build(name, 10, 3)
+    blocks = find_blocks(model, input_size=(3, 32, 32))
+    assert len(blocks) == total
+    assert sum(b.removable for b in blocks) == removable
+    modules = dict(model.named_modules())
+    for block in blocks:
+        module = modules[block.name]
+        if isinstance(module, (resnet.BasicBlock, resnet.Bottleneck)):
+            assert block.removable == (module.downsample is None)
+        if isinstance(module, mobilenetv2.InvertedResidual):
+            assert block.removable == module.use_res_connect
+        assert block.removable == (block.input_shape == block.output_shape)
+
+
+def test_blocks_come_in_forward_order():
+    names = [b.name for b in find_blocks(build("resnet20", 10, 1), input_size=(1, 16, 16))]
+    assert names == [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(3)]
+
+
+class _Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)
+        self.keep = nn.Conv2d(4, 4, 3, padding=1)
+        self.grow = nn.Conv2d(4, 8, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x):
+        x = self.grow(self.keep(self.stem(x)))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_user_named_blocks_removable_by_shape():
+    blocks = find_blocks(_Toy(), extra=["keep", "grow"], input_size=(1, 8, 8))
+    assert [(b.name, b.removable) for b in blocks] == [("keep", True), ("grow", False)]
+    with pytest.raises(ValueError, match="not a module"):
+        find_blocks(_Toy(), extra=["missing"], input_size=(1, 8, 8))
+
+
+def test_no_removable_block_means_depth_cannot_change():
+    with pytest.raises(ValueError, match="depth cannot change"):
+        prune_depth(_Toy(), 0.5, gains={}, extra=["grow"], input_size=(1, 8, 8))
+    with pytest.raises(ValueError, match="depth cannot change"):
+        prune_depth(build("vgg11_bn", 10, 1), 0.5, gains={}, input_size=(1, 32, 32))
+
+
+def test_zero_block_is_removed_first_and_changes_nothing(digits):
+    torch.manual_seed(0)
+    model = build("resnet20", 10, 1)
+    _zero_last_bn(model.layer2[1])
+    gains = block_gains(model, digits, n_samples=256, seed=0)
+    by_name = {g.name: g for g in gains}
+    assert by_name["layer2.1"].gain == 0.0 and by_name["layer2.1"].relative_change == 0.0
+    assert by_name["layer2.1"].lossless
+    assert sum(g.lossless for g in gains) == 1
+    assert select_blocks(model, 8 / 9, gains=gains, input_size=(1, 16, 16)) == ["layer2.1"]
+
+    pruned = prune_depth(model, 8 / 9, gains=gains, input_size=(1, 16, 16))
+    assert isinstance(pruned.layer2[1], nn.Identity)
+    assert isinstance(model.layer2[1], nn.Module) and not isinstance(model.layer2[1], nn.Identity)
+    x = digits.test.tensors[0][:32]
+    model.eval(), pruned.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), pruned(x))
+    kept = set(pruned.state_dict())
+    assert kept == {k for k in model.state_dict() if not k.startswith("layer2.1.")}
+
+
+def test_gains_are_deterministic_and_plain_data(digits):
+    model = build("resnet20", 10, 1)
+    first = block_gains(model, digits, n_samples=128, seed=3)
+    second = block_gains(model, digits, n_samples=128, seed=3)
+    assert first == second
+    assert [g.name for g in first] == [b.name for b in find_blocks(model, input_size=(1, 16, 16))]
+    assert all(isinstance(g, BlockGain) and -1 <= g.gain <= 1 for g in first)
+    record = first[0].to_dict()
+    assert set(record) >= {"name", "removable", "probe_accuracy", "gain"}
+    # dict records (e.g. reloaded from JSON) select the same blocks
+    assert select_blocks(
+        model, 0.5, gains=[g.to_dict() for g in first], input_size=(1, 16, 16)
+    ) == select_blocks(model, 0.5, gains=first, input_size=(1, 16, 16))
+
+
+def test_macs_drop_by_the_removed_blocks():
+    model = build("resnet56", 10, 1)
+    size = (1, 16, 16)
+    blocks = {b.name: b for b in find_blocks(model, input_size=size)}
+    names = ["layer1.3", "layer2.8", "layer3.1", "layer3.5"]
+    modules = dict(model.named_modules())
+    block_macs = sum(count_macs(modules[n], blocks[n].input_shape) for n in names)
+    pruned = remove_blocks(model, names)
+    assert count_macs(pruned, size) == count_macs(model, size) - block_macs
+
+
+def test_depth_rounds_to_nearest_whole_block_and_states_minimum():
+    model = build("resnet20", 10, 1)
+    gains = {f"layer{s}.{i}": float(3 * s + i) for s in (1, 2, 3) for i in range(3)}
+    size = (1, 16, 16)
+
+    def kept(d):
+        pruned = prune_depth(model, d, gains=gains, input_size=size)
+        return len(find_blocks(pruned, input_size=size))
+
+    assert kept(1.0) == 9
+    assert kept(0.5) == 5  # 4.5 blocks rounds up
+    assert kept(0.6) == 5
+    assert kept(2 / 9) == 2
+    assert minimum_depth(find_blocks(model, input_size=size)) == pytest.approx(2 / 9)
+    with pytest.raises(ValueError, match=r"minimum depth 0\.2222"):
+        prune_depth(model, 0.2, gains=gains, input_size=size)
+    removed = select_blocks(model, 7 / 9, gains=gains, input_size=size)
+    assert removed == ["layer1.0", "layer1.1"]
+
+
+def test_bad_inputs():
+    model = build("resnet20", 10, 1)
+    size = (1, 16, 16)
+    for d in (0, 1.5, "half", float("nan")):
+        with pytest.raises(ValueError):
+            prune_depth(model, d, gains={}, input_size=size)
+    with pytest.raises(ValueError, match="gains= .* or data="):
+        prune_depth(model, 0.5, input_size=size)
+    with pytest.raises(ValueError, match="lack the removable blocks"):
+        prune_depth(model, 0.5, gains={"layer1.0": 0.0}, input_size=size)
+    with pytest.raises(ValueError, match="not a module"):
+        remove_blocks(model, ["layer9.0"])
+    pruned = remove_blocks(model, ["layer1.1"])
+    with pytest.raises(ValueError, match="already removed"):
+        remove_blocks(pruned, ["layer1.1"])
+    with pytest.raises(ValueError, match="input_size"):
+        find_blocks(model, input_size=(3, 16, 16))

@@ -1,0 +1,260 @@
+"""The engine: collection journal and resume, optimize(), saving, loading and ONNX."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+
+import tridim
+from tridim import models
+from tridim.collect import JOURNAL_NAME, collect, step_values
+from tridim.samples import read_samples
+
+EPOCHS = 1
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    """A small slice of digits, so a whole collection takes seconds."""
+    return digits.subset(train=256, val=128, test=128)
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny):
+    from tridim.train import train
+
+    torch.manual_seed(0)
+    model = models.build("resnet20", 10, 1)
+    train(model, tiny, 3, quiet=True)
+    return model
+
+
+def _values(samples):
+    return {s.extra["key"]: (s.d, s.w, s.r, s.accuracy) for s in samples}
+
+
+def test_step_values_end_where_each_dimension_meets_the_target():
+    values = step_values(0.25, 4)
+    assert values["depth"][-1] == pytest.approx(0.25)
+    assert values["width"][-1] == pytest.approx(0.5)
+    assert values["resolution"][-1] == pytest.approx(0.5)
+    assert all(np.diff(v).max() < 0 for v in values.values())
+
+
+def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_model, tmp_path):
+    samples = collect(
+        base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
+    )
+    assert len(samples) == 1 + 3 * 2
+    keys = [s.extra["key"] for s in samples]
+    assert len(set(keys)) == len(keys)
+    by_dim = {
+        d: [s for s in samples if s.extra["dimension"] == d]
+        for d in ("depth", "width", "resolution")
+    }
+    assert all(s.w == 1 and s.r == 1 for s in by_dim["depth"])
+    assert all(s.d == 1 and s.r == 1 for s in by_dim["width"])
+    assert all(s.d == 1 and s.w == 1 for s in by_dim["resolution"])
+    for dim_samples in by_dim.values():
+        ratios = [s.extra["macs_ratio"] for s in dim_samples]
+        assert ratios == sorted(ratios, reverse=True) and ratios[-1] < 1
+    started = time.perf_counter()
+    again = collect(
+        base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
+    )
+    assert time.perf_counter() - started < 10  # nothing is retrained
+    assert _values(again) == _values(samples)
+
+
+def test_collect_refuses_a_workdir_of_another_collection(tiny, base_model, tmp_path):
+    collect(base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
+    with pytest.raises(ValueError, match="refusing to mix journals"):
+        collect(base_model, tiny, 0.3, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
+    other = models.build("resnet20", 10, 1)
+    with pytest.raises(ValueError, match="weights_fingerprint"):
+        collect(other, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
+
+
+def test_collect_ignores_a_torn_last_line(tiny, base_model, tmp_path):
+    collect(base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
+    journal = tmp_path / JOURNAL_NAME
+    with open(journal, "a") as handle:
+        handle.write('{"d": 0.5, "w": 1.0, "r"')
+    with pytest.warns(UserWarning):
+        samples = collect(
+            base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True
+        )
+    assert len(samples) == 4
+
+
+def test_collect_with_an_executor_gives_the_same_samples(tiny, base_model, tmp_path):
+    serial = collect(
+        base_model, tiny, 0.5, workdir=tmp_path / "a", rounds=1, epochs_per_step=EPOCHS, quiet=True
+    )
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        threaded = collect(
+            base_model,
+            tiny,
+            0.5,
+            workdir=tmp_path / "b",
+            rounds=1,
+            epochs_per_step=EPOCHS,
+            executor=pool,
+            quiet=True,
+        )
+    assert _values(serial) == _values(threaded)
+
+
+_CHILD = textwrap.dedent("""
+    import sys, torch
+    from tridim import data, models
+    from tridim.collect import collect
+    from tridim.train import load_checkpoint
+    torch.set_num_threads(1)
+    bundle = data.load("digits").subset(train=256, val=128, test=128)
+    model = models.build("resnet20", 10, 1)
+    load_checkpoint(sys.argv[2], model)
+    collect(model, bundle, 0.5, workdir=sys.argv[1], rounds=2, epochs_per_step=1, quiet=True)
+""")
+
+
+def test_killed_collection_resumes_without_loss_or_duplicates(tiny, base_model, tmp_path):
+    from tridim.train import save_checkpoint
+
+    weights = tmp_path / "base.pt"
+    save_checkpoint(weights, base_model)
+    reference = tmp_path / "reference"
+    killed = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(reference), str(weights)],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(killed), str(weights)], env=env)
+    journal = killed / JOURNAL_NAME
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill once a few samples are in, mid-collection
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    partial = len(read_samples(journal))
+    assert 1 <= partial < 7
+    subprocess.run(
+        [sys.executable, "-c", _CHILD, str(killed), str(weights)], check=True, env=env, timeout=600
+    )
+    resumed = read_samples(journal)
+    keys = [s.extra["key"] for s in resumed]
+    assert len(keys) == len(set(keys)) == 7
+    expected = _values(read_samples(reference / JOURNAL_NAME))
+    got = _values(resumed)
+    assert got.keys() == expected.keys()
+    for key in expected:
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+
+
+def test_optimize_end_to_end_and_reuse(tiny, base_model, tmp_path):
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path / "run",
+        rounds=2,
+        epochs_per_step=EPOCHS,
+        final_epochs=1,
+        refine=1,
+        quiet=True,
+        latency_repeats=2,
+        latency_batch=8,
+    )
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    for key in (
+        "target_flops_ratio",
+        "macs_ratio",
+        "triple",
+        "base_accuracy",
+        "accuracy",
+        "predicted_accuracy",
+        "macs_before",
+        "macs_after",
+        "params_before",
+        "params_after",
+        "latency_ms",
+        "seconds",
+        "settings",
+    ):
+        assert key in report, key
+    assert abs(report["macs_ratio"] - 0.5) <= 0.01 * 0.5 + 1e-9
+    assert tridim.count_macs(result.model, (1, 16, 16)) == report["macs_after"]
+    assert len(report["refinements"]) == 1
+    for name in ("samples.jsonl", "predictor.json", "plan.json", "report.md", "model"):
+        assert (tmp_path / "run" / name).exists(), name
+    # the saved model reloads to the same outputs, with no pickle
+    loaded = tridim.load(tmp_path / "run" / "model")
+    x = torch.randn(4, 1, 16, 16)
+    result.model.eval()
+    assert torch.allclose(loaded(x), result.model(x), atol=1e-5)
+    # reuse the predictor for a new budget: no collection
+    predictor = tridim.LowRankPolynomialRegressor.load(tmp_path / "run" / "predictor.json")
+    again = tridim.optimize(
+        base_model,
+        tiny,
+        0.3,
+        workdir=tmp_path / "reuse",
+        predictor=predictor,
+        final_epochs=0,
+        refine=0,
+        quiet=True,
+        latency_repeats=2,
+        latency_batch=8,
+    )
+    assert again.report["seconds"]["collect"] == 0.0
+    assert not (tmp_path / "reuse" / JOURNAL_NAME).exists()
+    assert abs(again.macs_ratio - 0.3) <= 0.01 * 0.3 + 1e-9
+
+
+def test_onnx_export_matches_pytorch(tiny, base_model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pruned, plan = tridim.realise(
+        base_model,
+        tridim.Triple(0.8, 0.8, 0.75),
+        input_size=(1, 16, 16),
+        data=tiny,
+        target_flops_ratio=0.4,
+    )
+    tridim.save(pruned, tmp_path / "m")
+    loaded = tridim.load(tmp_path / "m")
+    path = tridim.export_onnx(loaded, tmp_path / "m.onnx", (1, 16, 16))
+    session = ort.InferenceSession(str(path))
+    x = torch.randn(3, 1, 16, 16)
+    expected = loaded(x).detach().numpy()
+    got = session.run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - expected).max() < 1e-4
+
+
+def test_bad_inputs_are_clear(tiny, base_model, tmp_path):
+    for bad in (0.0, 1.5, -1, float("nan")):
+        with pytest.raises(ValueError, match=r"target_flops_ratio must be in \(0, 1\]"):
+            tridim.optimize(base_model, tiny, bad, workdir=tmp_path)
+    with pytest.raises(ValueError, match="in_channels=1"):
+        tridim.optimize(models.build("resnet20", 10, 3), tiny, 0.5, workdir=tmp_path)
+    with pytest.raises(ValueError, match="num_classes=10"):
+        tridim.optimize(models.build("resnet20", 7, 1), tiny, 0.5, workdir=tmp_path)
+    with pytest.raises(FileNotFoundError, match="model.json"):
+        tridim.load(tmp_path)
+    (tmp_path / "model.json").write_text('{"format": "tridim-model", "schema_version": 99}')
+    with pytest.raises(ValueError, match="schema version"):
+        tridim.load(tmp_path)

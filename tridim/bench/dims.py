@@ -1,0 +1,287 @@
+"""Benchmark: reach one MACs budget along depth, width, resolution, or all three.
+
+From one trained base model, :func:`run_dims_bench` builds four models of (about) the
+same MACs: depth only, width only, resolution only, and a balanced triple where each
+dimension contributes the same factor ``target ** (1/3)`` of the cost; each is finetuned
+for the same number of epochs. Optionally it adds the honest baseline: a uniformly
+thinner network of about the same MACs trained from scratch for the base model's epochs
+plus the finetuning epochs.
+
+Depth and resolution alone move in whole blocks and whole pixels, so those rows take the
+achievable ratio nearest the target (their measured ratio is reported); width and the
+balanced triple hit the target within 1%. MACs count convolution and linear layers only.
+Latency is the median CPU wall time of a forward pass (:func:`tridim.measure_latency`)
+on this machine, timed round-robin over all models so that other load on the machine
+spreads evenly. The result is plain data; nothing is
+printed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from tridim.data import DataBundle, load
+from tridim.dims.depth import block_gains, blocks_to_keep, find_blocks
+from tridim.measure import count_macs, count_params, measure_latency
+from tridim.models import CIFAR_RESNET_DEPTHS, build
+from tridim.realise import realise
+from tridim.space import check_ratio
+from tridim.train import evaluate, train
+
+__all__ = ["run_dims_bench", "DEFAULT_BASE_EPOCHS"]
+
+#: Epochs of base-model training per dataset when ``base_epochs`` is not given.
+DEFAULT_BASE_EPOCHS = {"digits": 15, "fashion-mnist": 10}
+FINETUNE_LR = 0.01
+
+
+def _static_metrics(model: nn.Module, data: DataBundle, base_macs: int) -> dict:
+    macs = count_macs(model, data.input_shape)
+    return {
+        "accuracy": evaluate(model, data.loader("test", 256)),
+        "macs": macs,
+        "macs_ratio": macs / base_macs,
+        "params": count_params(model),
+    }
+
+
+def _interleaved_latency(
+    models: list[nn.Module], size, batch_size: int, rounds: int, repeats: int
+) -> list[dict]:
+    """Median and minimum forward time per model, measured round-robin.
+
+    Timing every model a few times per round, over several rounds, spreads whatever
+    else the machine is doing evenly over the models instead of onto one of them.
+    """
+    per_model: list[list[float]] = [[] for _ in models]
+    fastest: list[float] = [math.inf for _ in models]
+    for _ in range(rounds):
+        for i, model in enumerate(models):
+            timing = measure_latency(model, size, batch_size, repeats=repeats, warmup=1)
+            per_model[i].append(timing["median_ms"])
+            fastest[i] = min(fastest[i], timing["min_ms"])
+    return [{"median_ms": statistics.median(t), "min_ms": m} for t, m in zip(per_model, fastest)]
+
+
+def _closest(candidates: list[tuple[float, Any]], target: float):
+    """The candidate whose measured ratio is nearest the target (ties: the larger one)."""
+    return min(candidates, key=lambda item: (abs(item[0] - target), -item[0]))[1]
+
+
+def _depth_only(base, data, target, gains):
+    """Whole blocks: try the block counts around ``target`` and keep the nearest ratio."""
+    size = data.input_shape
+    blocks = find_blocks(base, input_size=size)
+    total = len(blocks)
+    minimum = total - sum(b.removable for b in blocks)
+    tried = []
+    for kept in {max(minimum, math.floor(target * total)), max(minimum, math.ceil(target * total))}:
+        d = kept / total
+        if blocks_to_keep(d, blocks) != kept:
+            continue
+        model, plan = realise(base, (d, 1.0, 1.0), input_size=size, gains=gains)
+        tried.append((plan.macs_ratio, (model, plan)))
+    return _closest(tried, target)
+
+
+def _resolution_only(base, data, target):
+    """Whole pixels: try the sides around ``sqrt(target) * H`` and keep the nearest ratio."""
+    size = data.input_shape
+    side = size[1]
+    tried = []
+    for pixels in {
+        max(1, math.floor(math.sqrt(target) * side)),
+        math.ceil(math.sqrt(target) * side),
+    }:
+        r = min(1.0, pixels / side)
+        model, plan = realise(base, (1.0, 1.0, r), input_size=size)
+        tried.append((plan.macs_ratio, (model, plan)))
+    return _closest(tried, target)
+
+
+def _scratch_baseline(model_name, data, target, epochs, seed, quiet):
+    """A uniformly thinner CIFAR ResNet of about the target MACs, trained from scratch."""
+    size = data.input_shape
+    reference = count_macs(build(model_name, data.num_classes, size[0]), size)
+    best = None
+    for step in range(40, 101):
+        width = step / 100
+        model = build(model_name, data.num_classes, size[0], width=width)
+        ratio = count_macs(model, size) / reference
+        if best is None or abs(ratio - target) < abs(best[0] - target):
+            best = (ratio, width)
+    torch.manual_seed(seed)
+    model = build(model_name, data.num_classes, size[0], width=best[1])
+    started = time.perf_counter()
+    train(model, data, epochs, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    return model, best[1], time.perf_counter() - started
+
+
+def run_dims_bench(
+    data_name: str = "digits",
+    model_name: str = "resnet20",
+    target: float = 0.5,
+    epochs: int = 3,
+    base_epochs: int | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+    *,
+    include_scratch: bool = True,
+    latency_repeats: int = 20,
+    latency_rounds: int = 5,
+    data_options: dict | None = None,
+) -> dict:
+    """Compare depth-only, width-only, resolution-only and balanced pruning at one budget.
+
+    Parameters
+    ----------
+    data_name : str
+        Dataset for :func:`tridim.data.load` (``"digits"``, ``"fashion-mnist"``, ...).
+    model_name : str
+        Model for :func:`tridim.models.build` (``"resnet20"``, ...).
+    target : float in (0, 1]
+        MACs budget as a fraction of the base model's MACs.
+    epochs : int
+        Finetuning epochs for every pruned model.
+    base_epochs : int, optional
+        Training epochs of the base model (default from :data:`DEFAULT_BASE_EPOCHS`,
+        else 10).
+    seed : int
+        Seeds training, probes and channel ranking.
+    quiet : bool
+        Hide progress bars.
+    include_scratch : bool
+        Add a thinner CIFAR ResNet (``width`` option) of about the target MACs trained
+        from scratch for ``base_epochs + epochs`` epochs (skipped for other models).
+    latency_repeats : int
+        Timed passes per model and round at batch 1 (a fifth as many at batch 64).
+    latency_rounds : int
+        Rounds of round-robin timing over all models (see the notes).
+    data_options : dict, optional
+        Passed to :func:`tridim.data.load`.
+
+    Returns
+    -------
+    dict
+        ``{"config", "base", "rows", "seconds"}``: ``rows`` hold one dict per variant with
+        ``name``, ``accuracy`` (test), ``accuracy_before_finetune``, ``macs``,
+        ``macs_ratio``, ``params``, ``latency_ms_b1``, ``latency_ms_b64``, ``speedup_b1``,
+        ``speedup_b64``, ``finetune_seconds`` and, for pruned rows, ``requested``,
+        ``realised`` and ``plan`` (plain dicts). ``config["load_average"]`` holds the
+        1-minute load average before and after timing.
+
+    Notes
+    -----
+    Latency is measured after all models are built, round-robin: each round times every
+    model in turn (``measure_latency``, one warm-up pass), and a model's latency is the
+    median of its per-round medians. On a shared machine this spreads interference over
+    all rows instead of onto one.
+    """
+    target = check_ratio(target, "target")
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    started = time.perf_counter()
+    data = load(data_name, **(data_options or {}))
+    size = data.input_shape
+    if base_epochs is None:
+        base_epochs = DEFAULT_BASE_EPOCHS.get(data.name, 10)
+
+    torch.manual_seed(seed)
+    base = build(model_name, data.num_classes, size[0])
+    base_started = time.perf_counter()
+    train(base, data, base_epochs, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    base_seconds = time.perf_counter() - base_started
+    base.eval()
+    base_macs = count_macs(base, size)
+    base_row = {
+        "name": "base",
+        **_static_metrics(base, data, base_macs),
+        "train_seconds": base_seconds,
+    }
+
+    gains = block_gains(base, data, seed=seed)
+    third = target ** (1 / 3)
+    variants = {
+        "depth": _depth_only(base, data, target, gains),
+        "width": realise(
+            base, (1.0, 1.0, 1.0), input_size=size, target_flops_ratio=target, seed=seed
+        ),
+        "resolution": _resolution_only(base, data, target),
+        "balanced": realise(
+            base,
+            (third, 1.0, math.sqrt(third)),
+            input_size=size,
+            target_flops_ratio=target,
+            gains=gains,
+            seed=seed,
+        ),
+    }
+    rows, models = [], [base]
+    for name, (model, plan) in variants.items():
+        before = evaluate(model, data.loader("test", 256))
+        tuned_started = time.perf_counter()
+        train(
+            model, data, epochs, lr=FINETUNE_LR, seed=seed, quiet=quiet, evaluate_each_epoch=False
+        )
+        rows.append(
+            {
+                "name": name,
+                "requested": plan.requested.to_dict(),
+                "realised": plan.realised.to_dict(),
+                "accuracy_before_finetune": before,
+                "finetune_seconds": time.perf_counter() - tuned_started,
+                **_static_metrics(model.eval(), data, base_macs),
+                "plan": plan.to_dict(),
+            }
+        )
+        models.append(model)
+
+    if include_scratch and model_name.lower() in CIFAR_RESNET_DEPTHS:
+        model, width, seconds = _scratch_baseline(
+            model_name, data, target, base_epochs + epochs, seed, quiet
+        )
+        rows.append(
+            {
+                "name": f"scratch (width x{width:.2f})",
+                "accuracy_before_finetune": None,
+                "finetune_seconds": seconds,
+                **_static_metrics(model.eval(), data, base_macs),
+            }
+        )
+        models.append(model)
+
+    load_before = os.getloadavg()[0]
+    for batch_size, repeats in ((1, latency_repeats), (64, max(1, latency_repeats // 5))):
+        timings = _interleaved_latency(models, size, batch_size, latency_rounds, repeats)
+        for row, timing in zip([base_row, *rows], timings):
+            row[f"latency_ms_b{batch_size}"] = timing["median_ms"]
+            row[f"latency_min_ms_b{batch_size}"] = timing["min_ms"]
+    for row in [base_row, *rows]:
+        row["speedup_b1"] = base_row["latency_ms_b1"] / row["latency_ms_b1"]
+        row["speedup_b64"] = base_row["latency_ms_b64"] / row["latency_ms_b64"]
+    return {
+        "config": {
+            "data": data.name,
+            "model": model_name,
+            "target": target,
+            "epochs": epochs,
+            "base_epochs": base_epochs,
+            "seed": seed,
+            "input_size": list(size),
+            "finetune_lr": FINETUNE_LR,
+            "threads": torch.get_num_threads(),
+            "macs": "conv + linear multiply-accumulates per image",
+            "latency": f"median over {latency_rounds} interleaved rounds of per-round medians",
+            "load_average": [load_before, os.getloadavg()[0]],
+        },
+        "base": base_row,
+        "rows": rows,
+        "seconds": time.perf_counter() - started,
+    }

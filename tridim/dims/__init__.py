@@ -1,0 +1,1 @@
+"""The three dimensions of compression: depth, width and input resolution."""

@@ -1,0 +1,160 @@
+"""Resolution: run a model on inputs shrunk to a fraction of their side length.
+
+:func:`with_resolution` wraps a model in a :class:`ResolutionWrapper` that resizes
+each input batch bilinearly to ``round(r * H) x round(r * W)`` before the model, so the
+deployed model still takes full-size images while computing at the reduced size. The
+resize has no convolution or linear MACs, so :func:`tridim.count_macs` of the wrapper at
+the full input size counts the reduced-size cost.
+
+ONNX: PyTorch's TorchScript-based ONNX exporter cannot export antialiased bilinear
+resizing (``aten::_upsample_bilinear2d_aa``). Build the wrapper with
+``antialias=False`` (or set ``wrapper.antialias = False`` before exporting) to export
+with the plain bilinear ``Resize`` operator; outputs then differ slightly from the
+antialiased model the accuracy was measured with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..measure import check_input_size
+from ..space import check_ratio
+
+__all__ = ["ResolutionWrapper", "with_resolution", "reduced_size"]
+
+
+def reduced_size(r: float, input_size: Sequence[int]) -> tuple[int, int]:
+    """The reduced ``(height, width)`` in whole pixels: ``round(r * H)``, ``round(r * W)``.
+
+    Halves round up, and each side is at least one pixel.
+
+    Examples
+    --------
+    >>> reduced_size(0.75, (1, 28, 28))
+    (21, 21)
+    """
+    r = check_ratio(r, "r")
+    _, height, width = check_input_size(input_size)
+    return (max(1, math.floor(r * height + 0.5)), max(1, math.floor(r * width + 0.5)))
+
+
+class ResolutionWrapper(nn.Module):
+    """A model that first resizes its input to a fixed size.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network to run on the resized input (kept as ``self.model``).
+    size : (int, int)
+        Target ``(height, width)`` in pixels.
+    input_size : (C, H, W)
+        The full input size callers pass.
+    expect_small_inputs : bool
+        If True, never resize: callers already pass inputs of ``size``.
+    antialias : bool
+        Antialiased bilinear resizing (as used for training). Set False to export to
+        ONNX with the TorchScript exporter.
+
+    Attributes
+    ----------
+    model : torch.nn.Module
+    size : tuple of int
+        ``(height, width)`` the model runs at.
+    input_size : tuple of int
+        ``(C, H, W)`` of the inputs the wrapper expects.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        size: tuple[int, int],
+        input_size: Sequence[int],
+        *,
+        expect_small_inputs: bool = False,
+        antialias: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.size = (int(size[0]), int(size[1]))
+        self.input_size = check_input_size(input_size)
+        self.expect_small_inputs = bool(expect_small_inputs)
+        self.antialias = bool(antialias)
+        self.train(model.training)
+
+    @property
+    def r(self) -> float:
+        """Realised side ratio: the geometric mean of the two sides' ratios."""
+        _, height, width = self.input_size
+        return math.sqrt(self.size[0] * self.size[1] / (height * width))
+
+    @property
+    def resizes(self) -> bool:
+        """Whether :meth:`forward` resizes its input."""
+        return not self.expect_small_inputs and self.size != tuple(self.input_size[1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Resize ``x`` (N, C, H, W) to :attr:`size` unless told not to, then run the model."""
+        if self.resizes:
+            x = F.interpolate(
+                x, size=self.size, mode="bilinear", align_corners=False, antialias=self.antialias
+            )
+        return self.model(x)
+
+    def extra_repr(self) -> str:
+        return (
+            f"size={self.size}, input_size={self.input_size}, "
+            f"expect_small_inputs={self.expect_small_inputs}, antialias={self.antialias}"
+        )
+
+
+def with_resolution(
+    model: nn.Module,
+    r: float,
+    input_size: Sequence[int],
+    *,
+    expect_small_inputs: bool = False,
+    antialias: bool = True,
+) -> ResolutionWrapper:
+    """Wrap ``model`` so that it runs at ``r`` times the input side length.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network (not copied). If it is already a :class:`ResolutionWrapper`, its
+        inner model is re-wrapped, so ``r`` is always relative to ``input_size``.
+    r : float in (0, 1]
+        Fraction of the side length kept; the size is rounded to whole pixels with
+        :func:`reduced_size`.
+    input_size : (C, H, W)
+        The full-size input.
+    expect_small_inputs : bool
+        If True the wrapper does not resize: callers pass inputs already at the reduced
+        size (count MACs at that size then).
+    antialias : bool
+        Antialiased bilinear resizing, matching :func:`tridim.data.resize_batch`. False
+        is needed for ONNX export with the TorchScript exporter.
+
+    Returns
+    -------
+    ResolutionWrapper
+
+    Examples
+    --------
+    >>> import torch.nn as nn
+    >>> from tridim.measure import count_macs
+    >>> conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    >>> count_macs(with_resolution(conv, 0.5, (1, 8, 8)), (1, 8, 8))
+    144
+    """
+    size = reduced_size(r, input_size)
+    inner = model.model if isinstance(model, ResolutionWrapper) else model
+    return ResolutionWrapper(
+        inner, size, input_size, expect_small_inputs=expect_small_inputs, antialias=antialias
+    )

@@ -1,0 +1,240 @@
+"""Saving and loading pruned models without pickled code, and ONNX export.
+
+A saved model is a folder with two files:
+
+- ``model.json`` — schema version, the base model's :class:`~tridim.models.ModelSpec`,
+  the :class:`~tridim.realise.Plan` that cuts the pruned architecture from it (or none),
+  and the input size;
+- ``weights.pt`` — the state dict, read back with ``torch.load(..., weights_only=True)``.
+
+:func:`load` rebuilds the base architecture from the spec, re-applies the plan, and
+loads the weights: no code is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .measure import check_input_size
+from .models import ModelSpec
+
+__all__ = ["save", "load", "export_onnx", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+_DESCRIPTION = "model.json"
+_WEIGHTS = "weights.pt"
+
+
+def _unwrap(result_or_model) -> nn.Module:
+    if isinstance(result_or_model, nn.Module):
+        return result_or_model
+    model = getattr(result_or_model, "model", None)
+    if not isinstance(model, nn.Module):
+        raise TypeError(
+            f"expected a model or a CompressionResult, got {type(result_or_model).__name__}"
+        )
+    return model
+
+
+def save(result_or_model, path: str | os.PathLike) -> Path:
+    """Save a pruned model (or a :class:`CompressionResult`'s model) to a folder.
+
+    Parameters
+    ----------
+    result_or_model : torch.nn.Module or CompressionResult
+        A model built by :func:`tridim.models.build`, possibly pruned by tridim (it then
+        carries its plan in ``tridim_plan``).
+    path : path
+        Folder to write; created if needed.
+
+    Returns
+    -------
+    pathlib.Path
+        The folder written.
+    """
+    model = _unwrap(result_or_model)
+    plan = getattr(model, "tridim_plan", None)
+    spec = getattr(model, "tridim_spec", None) or getattr(
+        getattr(model, "model", None), "tridim_spec", None
+    )
+    if spec is None and plan is not None and plan.base_spec is not None:
+        spec = ModelSpec.from_dict(plan.base_spec)
+    if spec is None:
+        raise ValueError(
+            "this model has no tridim_spec, so it cannot be rebuilt without pickling code: "
+            "build it with tridim.models.build(...), or save its state_dict yourself"
+        )
+    input_size = getattr(model, "tridim_input_size", None) or (
+        plan.input_size if plan is not None else None
+    )
+    description = {
+        "format": "tridim-model",
+        "schema_version": SCHEMA_VERSION,
+        "base_model": spec.to_dict(),
+        "plan": plan.to_dict() if plan is not None else None,
+        "input_size": list(input_size or []),
+    }
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (_WEIGHTS + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, folder / _WEIGHTS)
+    tmp = folder / (_DESCRIPTION + ".tmp")
+    tmp.write_text(json.dumps(description, indent=2) + "\n")
+    os.replace(tmp, folder / _DESCRIPTION)
+    return folder
+
+
+def _read_description(folder: Path) -> dict:
+    path = folder / _DESCRIPTION
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a saved tridim model (no {_DESCRIPTION})")
+    try:
+        description = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(description, dict) or description.get("format") != "tridim-model":
+        raise ValueError(f"{path} is not a tridim model description")
+    version = description.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"{path} has schema version {version!r}; this tridim reads {SCHEMA_VERSION}"
+        )
+    return description
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    """Load a model saved by :func:`save`: rebuild the architecture, then load weights.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder lacks ``model.json`` or ``weights.pt``.
+    ValueError
+        If the description or weights are malformed or do not fit together.
+    """
+    from .realise import Plan, apply_plan
+
+    folder = Path(path)
+    description = _read_description(folder)
+    spec = ModelSpec.from_dict(description.get("base_model"))
+    model = spec.build()
+    input_size = description.get("input_size") or None
+    if description.get("plan") is not None:
+        plan = Plan.from_dict(description["plan"])
+        model = apply_plan(model, plan, input_size=input_size or plan.input_size)
+    weights = folder / _WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"{folder} has no {_WEIGHTS}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as error:  # never fall back to unpickling arbitrary objects
+        raise ValueError(f"{weights} is not a weights-only tensor file: {error}") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{weights} does not fit the architecture in {_DESCRIPTION}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    model.tridim_spec = spec
+    if input_size:
+        model.tridim_input_size = tuple(input_size)
+    return model.eval()
+
+
+class _MatrixResize(nn.Module):
+    """A fixed resize written as ``A_h @ x @ A_w.T``: exportable to any ONNX opset.
+
+    Bilinear resizing, antialiased or not, is linear and separable, so its effect on an
+    ``H x W`` image is captured exactly by two matrices, found by resizing unit vectors.
+    """
+
+    def __init__(self, input_hw: tuple[int, int], size: tuple[int, int], antialias: bool):
+        super().__init__()
+        height, width = input_hw
+        self.register_buffer("rows", self._matrix(height, size[0], width, antialias, dim=0))
+        self.register_buffer("cols", self._matrix(width, size[1], height, antialias, dim=1))
+
+    @staticmethod
+    def _matrix(n_in: int, n_out: int, other: int, antialias: bool, dim: int) -> torch.Tensor:
+        # Resize full-size images whose rows (or columns) are unit vectors; a 1-pixel-wide
+        # image would take a different code path in PyTorch's antialiased kernel.
+        eye = torch.eye(n_in)
+        if dim == 0:
+            basis = eye.reshape(n_in, 1, n_in, 1).expand(n_in, 1, n_in, other)
+            target = (n_out, other)
+        else:
+            basis = eye.reshape(n_in, 1, 1, n_in).expand(n_in, 1, other, n_in)
+            target = (other, n_out)
+        resized = torch.nn.functional.interpolate(
+            basis.contiguous(),
+            size=target,
+            mode="bilinear",
+            align_corners=False,
+            antialias=antialias,
+        )
+        response = resized[:, 0, :, 0] if dim == 0 else resized[:, 0, 0, :]
+        return response.T.contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(torch.matmul(self.rows, x), self.cols.T)
+
+
+def _exportable(model: nn.Module) -> nn.Module:
+    from .dims.resolution import ResolutionWrapper
+
+    if isinstance(model, ResolutionWrapper) and model.resizes:
+        resize = _MatrixResize(tuple(model.input_size[1:]), model.size, model.antialias)
+        return nn.Sequential(resize, model.model)
+    return model
+
+
+def export_onnx(
+    result_or_model, path: str | os.PathLike, input_size, *, batch_size: int = 1, opset: int = 17
+) -> Path:
+    """Export a (pruned) model to ONNX with a dynamic batch dimension.
+
+    The model's input resize, if any, is exported as two fixed matrix products, which
+    reproduce PyTorch's antialiased bilinear resize exactly (ONNX's own Resize operator
+    has no antialiasing before opset 18).
+
+    Parameters
+    ----------
+    result_or_model : torch.nn.Module or CompressionResult
+        The model to export (eval mode is used).
+    path : path
+        The ``.onnx`` file to write.
+    input_size : (C, H, W)
+        Size of one input image (full size: the model carries its own resize).
+    batch_size : int
+        Batch size of the example input used for tracing.
+    opset : int
+        ONNX opset version.
+    """
+    model = _unwrap(result_or_model)
+    size = check_input_size(input_size)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    model.eval()
+    example = torch.randn(batch_size, *size)
+    try:
+        torch.onnx.export(
+            _exportable(model),
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            opset_version=opset,
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            dynamo=False,
+        )
+    finally:
+        model.train(was_training)
+    return path
