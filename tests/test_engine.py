@@ -258,3 +258,57 @@ def test_bad_inputs_are_clear(tiny, base_model, tmp_path):
     (tmp_path / "model.json").write_text('{"format": "tridim-model", "schema_version": 99}')
     with pytest.raises(ValueError, match="schema version"):
         tridim.load(tmp_path)
+
+
+def _plain_cnn(batchnorm: bool = True) -> torch.nn.Module:
+    """A small CNN with no residual block (so depth cannot change)."""
+    norm = (lambda c: torch.nn.BatchNorm2d(c)) if batchnorm else (lambda c: torch.nn.Identity())
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        norm(16),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        norm(32),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 10),
+    )
+
+
+def test_model_without_removable_blocks_keeps_depth_and_saves(tiny, tmp_path):
+    from conftest import randomise_batchnorm
+
+    model = randomise_batchnorm(_plain_cnn())
+    result = tridim.optimize(
+        model,
+        tiny,
+        0.5,
+        workdir=tmp_path / "run",
+        rounds=1,
+        epochs_per_step=0,
+        final_epochs=0,
+        refine=0,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+    )
+    assert result.triple.d == 1.0
+    assert "depth stays at 1" in result.report["depth_fixed"]
+    assert {s.extra["dimension"] for s in result.samples} == {"base", "width", "resolution"}
+    assert abs(result.macs_ratio - 0.5) <= 0.005
+    with pytest.raises(ValueError, match="base_model"):
+        tridim.load(tmp_path / "run" / "model")
+    loaded = tridim.load(tmp_path / "run" / "model", base_model=_plain_cnn())
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.allclose(loaded(x), result.model.eval()(x), atol=1e-5)
+
+
+def test_model_without_batchnorm_needs_another_criterion(tiny, tmp_path):
+    with pytest.raises(ValueError, match="criterion='l1'"):
+        tridim.optimize(_plain_cnn(batchnorm=False), tiny, 0.5, workdir=tmp_path)
+
+
+def test_target_below_reach_states_the_floor(tiny, base_model, tmp_path):
+    with pytest.raises(ValueError, match="below what this model can reach"):
+        tridim.optimize(base_model, tiny, 1e-6, workdir=tmp_path)

@@ -265,6 +265,7 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
     from . import models
     from .train import load_checkpoint, save_checkpoint, seed_everything, train
 
+    seed_everything(args.seed)  # the initial weights, too, come from the seed
     model = models.build(args.model, bundle.num_classes, bundle.input_shape[0])
     if args.weights:
         path = Path(args.weights)
@@ -288,7 +289,6 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
         file=sys.stderr,
     )
-    seed_everything(args.seed)
     train(
         model,
         bundle,
@@ -643,6 +643,102 @@ def _run_bench_dims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_width(benches) -> None:
+    parser = benches.add_parser(
+        "width",
+        help="compare filter-pruning criteria at one MACs target",
+        description="From one trained base model, prune width to the MACs target by each "
+        "criterion (plus Molchanov's iterative Taylor loop and a thinner net "
+        "trained from scratch), finetune each, and report MACs ratio, parameters "
+        "and accuracy before and after finetuning; then the Spearman correlation "
+        "of each criterion with the oracle, next to Molchanov's figures.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
+    parser.add_argument("--epochs", type=int, default=3, help="finetuning epochs (default 3)")
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=None,
+        help="base training epochs (default: 15 digits, 10 otherwise)",
+    )
+    parser.add_argument("--criteria", help="comma-separated criteria (default: all)")
+    parser.add_argument(
+        "--oracle-layers",
+        help="comma-separated group roots for the oracle (default: 4 groups from first to last)",
+    )
+    parser.add_argument(
+        "--oracle-batches",
+        type=int,
+        default=4,
+        help="batches for the oracle; 0 skips it (default 4)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_width)
+
+
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _run_bench_width(args: argparse.Namespace) -> int:
+    from .bench.width import run_width_bench
+    from .criteria import CRITERIA
+
+    base_epochs = args.base_epochs
+    if base_epochs is None:
+        base_epochs = 15 if args.data == "digits" else 10
+    result = run_width_bench(
+        args.data,
+        args.model,
+        args.target,
+        args.epochs,
+        base_epochs,
+        args.seed,
+        args.quiet,
+        _split_list(args.oracle_layers),
+        criteria=_split_list(args.criteria) or CRITERIA,
+        oracle_batches=args.oracle_batches,
+        data_options=_data_options(args),
+    )
+    base = result["base"]
+    print(
+        f"base {args.model} on {args.data}: accuracy {base['accuracy']:.4f}, "
+        f"{base['macs']:,} MACs (conv + linear), {base['params']:,} params; "
+        f"target MACs ratio {args.target}, finetune {args.epochs} epochs"
+    )
+    print(
+        _format_table(
+            result["rows"],
+            ["criterion", "macs_ratio", "params", "acc_before_finetune", "acc_after", "seconds"],
+        )
+    )
+    oracle = result.get("oracle")
+    if oracle:
+        rows = [
+            {
+                "criterion": name,
+                "mean_per_layer": oracle["mean_per_layer"][name],
+                "all_layers_raw": values["raw"],
+                "all_layers_l2": values["l2"],
+            }
+            for name, values in oracle["overall"].items()
+        ]
+        print(
+            f"\nSpearman correlation with the oracle (|change in loss| when one channel is "
+            f"zeroed; {oracle['channels']} channels in {len(oracle['layers'])} groups, "
+            f"{oracle['n_batches']} batches, {oracle['seconds']:.0f} s)"
+        )
+        print(_format_table(rows))
+        ref = result["reference"]["molchanov_oracle_spearman"]
+        low, high = ref["others_range"]
+        print(f"reference ({ref['source']}): taylor {ref['taylor']}, others {low}-{high}")
+    _write_json(args.json_out, result)
+    return 0
+
+
 def _add_bench(sub) -> None:
     parser = sub.add_parser(
         "bench",
@@ -656,7 +752,7 @@ def _add_bench(sub) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 
-_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_dims]
+_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_width, _add_bench_dims]
 _COMMANDS: list[Callable] = [
     _add_optimize,
     _add_collect,

@@ -13,6 +13,7 @@ loads the weights: no code is ever unpickled.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -64,10 +65,11 @@ def save(result_or_model, path: str | os.PathLike) -> Path:
     )
     if spec is None and plan is not None and plan.base_spec is not None:
         spec = ModelSpec.from_dict(plan.base_spec)
-    if spec is None:
+    if spec is None and plan is None:
         raise ValueError(
-            "this model has no tridim_spec, so it cannot be rebuilt without pickling code: "
-            "build it with tridim.models.build(...), or save its state_dict yourself"
+            "this model has neither a tridim_spec nor a tridim_plan, so it cannot be rebuilt "
+            "without pickling code: build it with tridim.models.build(...), or save its "
+            "state_dict yourself"
         )
     input_size = getattr(model, "tridim_input_size", None) or (
         plan.input_size if plan is not None else None
@@ -75,7 +77,7 @@ def save(result_or_model, path: str | os.PathLike) -> Path:
     description = {
         "format": "tridim-model",
         "schema_version": SCHEMA_VERSION,
-        "base_model": spec.to_dict(),
+        "base_model": spec.to_dict() if spec is not None else None,
         "plan": plan.to_dict() if plan is not None else None,
         "input_size": list(input_size or []),
     }
@@ -108,8 +110,17 @@ def _read_description(folder: Path) -> dict:
     return description
 
 
-def load(path: str | os.PathLike) -> nn.Module:
+def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Module:
     """Load a model saved by :func:`save`: rebuild the architecture, then load weights.
+
+    Parameters
+    ----------
+    path : path
+        The folder :func:`save` wrote.
+    base_model : torch.nn.Module, optional
+        The unpruned model the saved one was cut from. Needed only for models that
+        :func:`tridim.models.build` did not make (their architecture cannot be rebuilt
+        from a name); its weights do not matter.
 
     Raises
     ------
@@ -122,8 +133,16 @@ def load(path: str | os.PathLike) -> nn.Module:
 
     folder = Path(path)
     description = _read_description(folder)
-    spec = ModelSpec.from_dict(description.get("base_model"))
-    model = spec.build()
+    if description.get("base_model") is not None:
+        spec = ModelSpec.from_dict(description["base_model"])
+        model = spec.build()
+    elif base_model is not None:
+        spec, model = getattr(base_model, "tridim_spec", None), copy.deepcopy(base_model)
+    else:
+        raise ValueError(
+            f"{folder} holds a model that tridim.models.build did not make: pass the "
+            "unpruned model it was cut from as load(path, base_model=...)"
+        )
     input_size = description.get("input_size") or None
     if description.get("plan") is not None:
         plan = Plan.from_dict(description["plan"])
@@ -142,7 +161,8 @@ def load(path: str | os.PathLike) -> nn.Module:
             f"{weights} does not fit the architecture in {_DESCRIPTION}: "
             f"{str(error).splitlines()[0]}"
         ) from None
-    model.tridim_spec = spec
+    if spec is not None:
+        model.tridim_spec = spec
     if input_size:
         model.tridim_input_size = tuple(input_size)
     return model.eval()

@@ -1,0 +1,76 @@
+"""Execute the notebooks under notebooks/ against the committed run in notebooks/run/.
+
+A cell that raises fails the test. The notebooks are executed on copies in memory; the
+committed files (with their outputs) are not rewritten.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("matplotlib")
+pytest.importorskip("ipykernel")
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+RUN_DIR = NOTEBOOKS / "run"
+CELL_TIMEOUT = 300
+
+pytestmark = pytest.mark.skipif(
+    not (RUN_DIR / "predictor.json").is_file(),
+    reason=f"{RUN_DIR}/predictor.json does not exist yet: the notebooks read a committed "
+    "run made by `tridim optimize --workdir notebooks/run`",
+)
+
+
+def _execute(name: str) -> nbformat.NotebookNode:
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        pytest.fail(f"{name}: a cell raised\n{error}", pytrace=False)
+    return notebook
+
+
+def _outputs(notebook: nbformat.NotebookNode) -> list[dict]:
+    return [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.outputs]
+
+
+def _png_count(notebook: nbformat.NotebookNode) -> int:
+    return sum("image/png" in out.get("data", {}) for out in _outputs(notebook))
+
+
+@pytest.fixture(autouse=True)
+def _default_run_dir(monkeypatch):
+    # The notebooks honour $TRIDIM_RUN_DIR; test the committed run whatever the caller set.
+    monkeypatch.setenv("TRIDIM_RUN_DIR", str(RUN_DIR))
+
+
+def test_predictor_fits_notebook_runs():
+    notebook = _execute("01_predictor_fits.ipynb")
+    # Leave-one-out, slices, iso-FLOPs, residuals and the model comparison.
+    assert _png_count(notebook) == 5
+    assert not [out for out in _outputs(notebook) if out.get("output_type") == "error"]
+
+
+def test_new_budgets_notebook_runs():
+    assert (RUN_DIR / "base.pt").is_file(), (
+        f"{RUN_DIR}/base.pt (the trained base model's state dict) is needed by "
+        "02_new_budgets.ipynb to realise and finetune the 0.3 triple"
+    )
+    notebook = _execute("02_new_budgets.ipynb")
+    assert _png_count(notebook) == 1  # the Pareto front
+    text = "".join(
+        out.get("text", "") + str(out.get("data", {}).get("text/markdown", ""))
+        for out in _outputs(notebook)
+    )
+    assert "measured accuracy, test split" in text
