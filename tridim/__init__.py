@@ -15,9 +15,13 @@ LowRankPolynomialRegressor, solve, pareto
     The accuracy predictor and the Lagrangian solver (no torch needed).
 prune_width, prune_depth, with_resolution, realise
     The three dimensions, and realising a triple to an exact MACs budget.
+collect
+    Sample collection alone (Algorithm 1), with a crash-safe journal.
+save, load, export_onnx
+    Pruned models to and from disk without pickled code; ONNX export.
 
 Submodules: ``tridim.data`` (datasets), ``tridim.models`` (reference models),
-``tridim.train`` (finetuning). Names are imported lazily, so the torch-free parts
+``tridim.train`` (finetuning), ``tridim.plot`` (figures of a run; needs matplotlib). Names are imported lazily, so the torch-free parts
 (predictor, solver, samples) load without importing torch.
 """
 

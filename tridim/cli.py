@@ -568,6 +568,22 @@ def _run_bench_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_common_args(parser: argparse.ArgumentParser) -> None:
+    """Options shared by the benchmarks that train a base model and finetune variants."""
+    _add_model_data_args(parser)
+    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
+    parser.add_argument("--epochs", type=int, default=3, help="finetuning epochs (default 3)")
+    parser.add_argument(
+        "--base-epochs",
+        type=int,
+        default=None,
+        help="base training epochs (default: 15 digits, 10 otherwise)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+
+
 def _add_bench_dims(benches) -> None:
     parser = benches.add_parser(
         "dims",
@@ -577,21 +593,10 @@ def _add_bench_dims(benches) -> None:
         "report test accuracy, measured MACs ratio, parameters and CPU latency "
         "(with a thinner network trained from scratch as the honest baseline).",
     )
-    _add_model_data_args(parser)
-    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
-    parser.add_argument("--epochs", type=int, default=3, help="finetuning epochs (default 3)")
-    parser.add_argument(
-        "--base-epochs",
-        type=int,
-        default=None,
-        help="base training epochs (default: 15 digits, 10 fashion-mnist)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
+    _add_bench_common_args(parser)
     parser.add_argument(
         "--no-scratch", action="store_true", help="skip the thinner-from-scratch baseline"
     )
-    parser.add_argument("--json-out", help="write the full result as JSON here")
-    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_bench_dims)
 
 
@@ -653,15 +658,7 @@ def _add_bench_width(benches) -> None:
         "and accuracy before and after finetuning; then the Spearman correlation "
         "of each criterion with the oracle, next to Molchanov's figures.",
     )
-    _add_model_data_args(parser)
-    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
-    parser.add_argument("--epochs", type=int, default=3, help="finetuning epochs (default 3)")
-    parser.add_argument(
-        "--base-epochs",
-        type=int,
-        default=None,
-        help="base training epochs (default: 15 digits, 10 otherwise)",
-    )
+    _add_bench_common_args(parser)
     parser.add_argument("--criteria", help="comma-separated criteria (default: all)")
     parser.add_argument(
         "--oracle-layers",
@@ -673,9 +670,6 @@ def _add_bench_width(benches) -> None:
         default=4,
         help="batches for the oracle; 0 skips it (default 4)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
-    parser.add_argument("--json-out", help="write the full result as JSON here")
     parser.set_defaults(handler=_run_bench_width)
 
 
