@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -346,10 +347,18 @@ def _fit(samples: list[Sample], degree: int, rank: int, seed: int) -> LowRankPol
 
     X, y = samples_to_xy(samples)
     estimator = LowRankPolynomialRegressor(degree=degree, rank=rank, random_state=seed)
-    if len(y) < _count_params(X.shape[1], degree, rank):
+    n_params = _count_params(X.shape[1], degree, rank)
+    if len(y) < n_params:
         # e.g. depth cannot change, so its axis has no samples: a tiny ridge keeps the
         # fit well posed and the solver's bounds keep d at 1.
         estimator.set_params(alpha=1e-6)
+    elif len(y) <= n_params + 1:
+        warnings.warn(
+            f"{len(y)} samples for a predictor with {n_params} parameters: leave-one-out "
+            "fits interpolate and the fit may swing between samples; use rounds >= 4 or "
+            "degree=2",
+            stacklevel=3,
+        )
     return estimator.fit(X, y)
 
 
@@ -379,8 +388,10 @@ def cheapest_ratio(model: nn.Module, input_size) -> float:
 
 
 def _loo_rmse(predictor: LowRankPolynomialRegressor) -> float | None:
-    value = getattr(predictor, "loo_rmse_", None)
-    return None if value is None else float(value)
+    try:
+        return float(predictor.loo_rmse())
+    except ValueError:  # too few samples to leave one out
+        return None
 
 
 def _write_artifacts(result: CompressionResult, workdir: Path) -> None:
