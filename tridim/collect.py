@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle
-from .dims.depth import minimum_depth
+from .dims.depth import find_blocks, minimum_depth
 from .dims.resolution import ResolutionWrapper, reduced_size
 from .measure import check_input_size, count_macs
 from .realise import Plan
@@ -119,7 +119,8 @@ class _StepContext:
     settings: CollectionSettings
     workdir: str
     quiet: bool
-    gains: list | None = field(default=None)
+    base_blocks: list = field(default_factory=list)
+    min_side: int = MIN_SIDE
 
 
 def collect(
@@ -185,7 +186,15 @@ def collect(
     done = {s.extra.get("key") for s in _read_journal(journal)}
 
     context = _StepContext(
-        base, data, input_size, count_macs(base, input_size), settings, str(workdir), quiet
+        base,
+        data,
+        input_size,
+        count_macs(base, input_size),
+        settings,
+        str(workdir),
+        quiet,
+        base_blocks=find_blocks(base, input_size=input_size),
+        min_side=minimum_side(base, input_size),
     )
     if "base" not in done:
         seed_everything(seed)
@@ -326,7 +335,7 @@ def depth_can_change(model: nn.Module, input_size) -> bool:
 def _collect_dimension(dim: str, context: _StepContext) -> None:
     settings = context.settings
     journal = Path(context.workdir) / JOURNAL_NAME
-    if dim == "depth" and not depth_can_change(context.base, context.input_size):
+    if dim == "depth" and not any(b.removable for b in context.base_blocks):
         return  # no block has an identity shortcut: depth stays at 1
     values = step_values(settings.target_flops_ratio, settings.rounds, settings.overshoot)[dim]
     done = {s.extra.get("key") for s in _read_journal(journal)}
@@ -346,13 +355,7 @@ def _collect_dimension(dim: str, context: _StepContext) -> None:
         started = time.perf_counter()
         seed_everything(settings.seed + 1000 * DIMENSIONS.index(dim) + step)
         model = _prune_step(dim, model, value, previous, context)
-        plan = step_plan(
-            context.base,
-            model,
-            context.input_size,
-            requested={dim: value},
-            criterion=settings.criterion,
-        )
+        plan = step_plan(model, context, requested={dim: value})
         model.tridim_plan = plan
         train(
             model,
@@ -410,7 +413,7 @@ def _prune_step(
 
     inner, size = model.model, model.size
     if dim == "depth":
-        base_blocks = find_blocks(context.base, input_size=context.input_size)
+        base_blocks = context.base_blocks
         keep = blocks_to_keep(max(value, minimum_depth(base_blocks)), base_blocks)
         current = find_blocks(inner, input_size=context.input_size)
         if keep < len(current):
@@ -436,56 +439,39 @@ def _prune_step(
             seed=context.settings.seed,
         )
     else:
-        side = minimum_side(context.base, context.input_size)
-        size = reduced_size(max(value, side / min(context.input_size[1:])), context.input_size)
+        size = reduced_size(
+            max(value, context.min_side / min(context.input_size[1:])), context.input_size
+        )
     return ResolutionWrapper(inner, size, context.input_size)
 
 
-def step_plan(
-    base: nn.Module, model: ResolutionWrapper, input_size, *, requested: dict, criterion: str
-) -> Plan:
-    """The :class:`~tridim.realise.Plan` that rebuilds ``model`` from ``base``.
+def step_plan(model: ResolutionWrapper, context: _StepContext, *, requested: dict) -> Plan:
+    """The :class:`~tridim.realise.Plan` that rebuilds a step's ``model`` from the base.
 
-    ``model`` was cut from ``base`` by removing blocks (replaced by identity), removing
+    ``model`` was cut from the base by removing blocks (replaced by identity), removing
     channels (its inner model carries the cumulative ``tridim_width_removal``) and
     resizing its input; ``requested`` holds the coordinates asked for (others are 1).
     """
-    from .dims.depth import find_blocks, remove_blocks
+    from .dims.depth import remove_blocks
     from .dims.width import channel_groups
+    from .realise import plan_of
 
-    inner = model.model
-    base_blocks = [b.name for b in find_blocks(base, input_size=input_size)]
-    modules = dict(inner.named_modules())
-    removed = [n for n in base_blocks if isinstance(modules.get(n), nn.Identity)]
-    depth_only = remove_blocks(base, removed)
-    small = torch.zeros(1, input_size[0], *model.size)
-    channels_total = sum(g.size for g in channel_groups(depth_only, small))
-    removal = {k: list(v) for k, v in getattr(inner, "tridim_width_removal", {}).items()}
-    channels_kept = channels_total - sum(len(v) for v in removal.values())
-    macs, base_macs = count_macs(model, input_size), count_macs(base, input_size)
-    spec = getattr(base, "tridim_spec", None)
+    modules = dict(model.model.named_modules())
+    removed = [b.name for b in context.base_blocks if isinstance(modules.get(b.name), nn.Identity)]
+    small = torch.zeros(1, context.input_size[0], *model.size)
+    channels_total = sum(
+        g.size for g in channel_groups(remove_blocks(context.base, removed), small)
+    )
     asked = Triple(
         requested.get("depth", 1.0), requested.get("width", 1.0), requested.get("resolution", 1.0)
     )
-    blocks_total = len(base_blocks)
-    return Plan(
+    return plan_of(
+        context.base,
+        model,
         requested=asked,
-        realised=Triple(
-            (blocks_total - len(removed)) / blocks_total if blocks_total else 1.0,
-            channels_kept / channels_total if channels_total else 1.0,
-            model.r,
-        ),
-        input_size=tuple(input_size),
         removed_blocks=removed,
-        blocks_total=blocks_total,
-        width_removal=removal,
-        channels_kept=channels_kept,
+        blocks_total=len(context.base_blocks),
         channels_total=channels_total,
-        resolution=tuple(model.size),
-        macs=macs,
-        base_macs=base_macs,
-        macs_ratio=macs / base_macs,
-        target_flops_ratio=None,
-        criterion=criterion,
-        base_spec=spec.to_dict() if hasattr(spec, "to_dict") else None,
+        base_macs=context.base_macs,
+        criterion=context.settings.criterion,
     )

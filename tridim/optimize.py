@@ -294,7 +294,7 @@ def optimize(
         "after": _latency(pruned, input_size, latency_batch, latency_repeats),
     }
     seconds["latency"] = time.perf_counter() - started
-    macs_after = count_macs(pruned, input_size)
+    macs_after = plan.macs
     loo = _loo_rmse(predictor)
     report = {
         "target_flops_ratio": target,

@@ -30,7 +30,7 @@ from .dims.resolution import ResolutionWrapper, reduced_size
 from .measure import check_input_size, count_macs
 from .space import Triple, check_ratio
 
-__all__ = ["Plan", "realise", "apply_plan"]
+__all__ = ["Plan", "realise", "apply_plan", "plan_of"]
 
 PLAN_FORMAT = 1
 DEFAULT_TOLERANCE = 0.01
@@ -389,40 +389,70 @@ def realise(
         seed=seed,
         tolerance=tolerance,
     )
-    removal = {k: list(v) for k, v in getattr(pruned, "tridim_width_removal", {}).items()}
-    channels_kept = channels_total - sum(len(v) for v in removal.values())
-
     wrapped = ResolutionWrapper(pruned, pixels, size)
-    macs = count_macs(wrapped, size)
-    if target is not None and abs(macs / base_macs - target) > tolerance * target:
+    plan = plan_of(
+        model,
+        wrapped,
+        requested=requested,
+        removed_blocks=removed,
+        blocks_total=blocks_total,
+        channels_total=channels_total,
+        base_macs=base_macs,
+        target_flops_ratio=target,
+        criterion=_criterion_name(criterion),
+    )
+    if target is not None and abs(plan.macs_ratio - target) > tolerance * target:
         raise ValueError(
-            f"realised MACs ratio {macs / base_macs:.4f} misses the target "
+            f"realised MACs ratio {plan.macs_ratio:.4f} misses the target "
             f"{target:g} by more than {tolerance:.0%}"
         )
-    spec = getattr(model, "tridim_spec", None)
-    plan = Plan(
+    wrapped.tridim_plan = plan
+    return wrapped, plan
+
+
+def plan_of(
+    base_model: nn.Module,
+    wrapped: ResolutionWrapper,
+    *,
+    requested: Triple,
+    removed_blocks: Sequence[str],
+    blocks_total: int,
+    channels_total: int,
+    base_macs: int,
+    target_flops_ratio: float | None = None,
+    criterion: str = "bn_scale",
+) -> Plan:
+    """The :class:`Plan` of a model cut from ``base_model``, measured on the cut model.
+
+    ``wrapped.model`` carries the cumulative ``tridim_width_removal`` of its width
+    pruning (if any); ``channels_total`` counts the prunable channels of the
+    depth-pruned base, so ``realised.w`` is the fraction of them kept.
+    """
+    removal = {k: list(v) for k, v in getattr(wrapped.model, "tridim_width_removal", {}).items()}
+    channels_kept = channels_total - sum(len(v) for v in removal.values())
+    macs = count_macs(wrapped, wrapped.input_size)
+    spec = getattr(base_model, "tridim_spec", None)
+    return Plan(
         requested=requested,
         realised=Triple(
-            (blocks_total - len(removed)) / blocks_total if blocks_total else 1.0,
+            (blocks_total - len(removed_blocks)) / blocks_total if blocks_total else 1.0,
             channels_kept / channels_total if channels_total else 1.0,
             wrapped.r,
         ),
-        input_size=size,
-        removed_blocks=list(removed),
+        input_size=tuple(wrapped.input_size),
+        removed_blocks=list(removed_blocks),
         blocks_total=blocks_total,
         width_removal=removal,
         channels_kept=channels_kept,
         channels_total=channels_total,
-        resolution=pixels,
+        resolution=tuple(wrapped.size),
         macs=macs,
         base_macs=base_macs,
         macs_ratio=macs / base_macs,
-        target_flops_ratio=target,
-        criterion=_criterion_name(criterion),
+        target_flops_ratio=target_flops_ratio,
+        criterion=criterion,
         base_spec=spec.to_dict() if hasattr(spec, "to_dict") else None,
     )
-    wrapped.tridim_plan = plan
-    return wrapped, plan
 
 
 def apply_plan(
