@@ -9,15 +9,16 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tridim.criteria import (
+from tridim.dims.criteria import (
     CRITERIA,
     criterion_oracle_correlation,
     get_criterion,
     oracle_scores,
     score_groups,
 )
-from tridim.dims.width import channel_groups, prune_iteratively
-from tridim.measure import count_macs
+from tridim.dims.groups import channel_groups
+from tridim.dims.slimming import prune_iteratively
+from tridim.measure import count_macs, count_params
 from tridim.models import build
 
 
@@ -170,6 +171,7 @@ def test_prune_iteratively_reaches_target():
 
     data = load("digits").subset(train=256, val=64, test=64)
     model = _randomise(build("resnet20", 10, 1))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     size = data.input_shape
     taylor = get_criterion("taylor", n_batches=1, batch_size=32)
     pruned = prune_iteratively(
@@ -185,4 +187,7 @@ def test_prune_iteratively_reaches_target():
     )
     ratio = count_macs(pruned, size) / count_macs(model, size)
     assert abs(ratio - 0.6) <= 0.006
-    assert pruned.tridim_width_removal
+    # channels were physically removed from a copy; the model itself is untouched
+    assert count_params(pruned) < count_params(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not pruned.training

@@ -7,8 +7,15 @@ import torch
 import torch.nn as nn
 from torchvision.models import mobilenetv2, resnet
 
-from tridim import block_gains, find_blocks, prune_depth
-from tridim.dims.depth import BlockGain, minimum_depth, remove_blocks, select_blocks
+from tridim.dims.depth import (
+    BlockGain,
+    block_gains,
+    find_blocks,
+    minimum_depth,
+    prune_depth,
+    remove_blocks,
+    select_blocks,
+)
 from tridim.measure import count_macs
 from tridim.models import build
 

@@ -17,8 +17,9 @@ import torch
 
 import tridim
 from tridim import models
-from tridim.collect import JOURNAL_NAME, collect, step_values
+from tridim.collect import collect, step_values
 from tridim.samples import read_samples
+from tridim.store import JOURNAL as JOURNAL_NAME
 
 EPOCHS = 1
 
@@ -235,7 +236,10 @@ def test_onnx_export_matches_pytorch(tiny, base_model, tmp_path):
         data=tiny,
         target_flops_ratio=0.4,
     )
-    tridim.save(pruned, tmp_path / "m")
+    with pytest.raises(ValueError, match="plan=plan"):
+        tridim.save(pruned, tmp_path / "m")  # a pruned model cannot be rebuilt without it
+    tridim.save(pruned, tmp_path / "m", plan=plan)
+    assert tridim.describe(tmp_path / "m")["plan"] == plan.to_dict()
     loaded = tridim.load(tmp_path / "m")
     path = tridim.export_onnx(loaded, tmp_path / "m.onnx", (1, 16, 16))
     session = ort.InferenceSession(str(path))
@@ -312,3 +316,119 @@ def test_model_without_batchnorm_needs_another_criterion(tiny, tmp_path):
 def test_target_below_reach_states_the_floor(tiny, base_model, tmp_path):
     with pytest.raises(ValueError, match="below what this model can reach"):
         tridim.optimize(base_model, tiny, 1e-6, workdir=tmp_path)
+
+
+# ---------------------------------------------------------------------- resuming optimize
+
+#: Report fields that do not depend on timing: a resumed run must reproduce them.
+DETERMINISTIC_FIELDS = (
+    "target_flops_ratio",
+    "macs_ratio",
+    "triple",
+    "solved_triple",
+    "multiplier",
+    "base_accuracy",
+    "accuracy",
+    "predicted_accuracy",
+    "predictor_loo_rmse",
+    "macs_before",
+    "macs_after",
+    "params_before",
+    "params_after",
+    "refinements",
+    "n_samples",
+    "settings",
+)
+
+
+def assert_same_report(got: dict, expected: dict) -> None:
+    assert {k: got[k] for k in DETERMINISTIC_FIELDS} == {
+        k: expected[k] for k in DETERMINISTIC_FIELDS
+    }
+
+
+def _small_optimize(model, data, workdir):
+    return tridim.optimize(
+        model,
+        data,
+        0.5,
+        workdir=workdir,
+        rounds=2,
+        epochs_per_step=1,
+        final_epochs=2,
+        refine=1,
+        quiet=True,
+        latency_repeats=2,
+        latency_batch=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny, base_model, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, _small_optimize(base_model, tiny, workdir).report
+
+
+class _Killed(Exception):
+    """Stands for the process dying right after a checkpoint was written."""
+
+
+@pytest.mark.parametrize("stage", ["refine-1", "final"])
+def test_optimize_killed_mid_trial_resumes_to_the_same_report(
+    stage, tiny, base_model, reference_run, tmp_path, monkeypatch
+):
+    import tridim.train as train_module
+
+    save_checkpoint = train_module.save_checkpoint
+
+    def die_after_first_epoch(path, *args, **kwargs):
+        save_checkpoint(path, *args, **kwargs)
+        if os.path.basename(path).startswith(stage):
+            raise _Killed(path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", die_after_first_epoch)
+    with pytest.raises(_Killed):
+        _small_optimize(base_model, tiny, tmp_path)
+    monkeypatch.undo()
+    assert (tmp_path / "steps" / f"{stage}.ckpt").is_file()  # the epoch checkpoint survived
+    assert not (tmp_path / "report.json").exists()
+
+    resumed = _small_optimize(base_model, tiny, tmp_path).report
+    assert_same_report(resumed, reference_run[1])
+    keys = [s.extra["key"] for s in read_samples(tmp_path / JOURNAL_NAME)]
+    assert len(keys) == len(set(keys)) and "refine:1" in keys
+    assert not list((tmp_path / "steps").glob("*.ckpt"))  # finished trials drop them
+
+
+def test_rerunning_a_finished_run_trains_nothing_and_repeats_no_sample(
+    tiny, base_model, reference_run, monkeypatch
+):
+    import tridim.train as train_module
+
+    workdir, expected = reference_run
+    journal_before = (workdir / JOURNAL_NAME).read_text()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run must not train again")
+
+    monkeypatch.setattr(train_module, "train", no_training)
+    monkeypatch.setattr("tridim.trial.train", no_training)
+    again = _small_optimize(base_model, tiny, workdir).report
+    assert_same_report(again, expected)
+    assert (workdir / JOURNAL_NAME).read_text() == journal_before
+
+
+def test_a_workdir_of_another_run_names_the_differing_setting(tiny, base_model, reference_run):
+    workdir, _ = reference_run
+    with pytest.raises(ValueError, match="optimize.final_epochs"):
+        tridim.optimize(
+            base_model,
+            tiny,
+            0.5,
+            workdir=workdir,
+            rounds=2,
+            epochs_per_step=1,
+            final_epochs=5,
+            refine=1,
+            quiet=True,
+        )

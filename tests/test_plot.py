@@ -1,4 +1,4 @@
-"""Tests of tridim.plot on a small synthetic run directory."""
+"""Tests of tridim.plot (and the run it draws) on a small synthetic run folder."""
 
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ pytest.importorskip("matplotlib")
 from matplotlib.figure import Figure  # noqa: E402
 
 from tridim import plot  # noqa: E402
-from tridim.bench.predictor import baseline_models  # noqa: E402
+from tridim.bench.predictor import baseline_models, compare_models  # noqa: E402
 from tridim.predictor import LowRankPolynomialRegressor  # noqa: E402
+from tridim.report import pareto_rows, samples_table  # noqa: E402
 from tridim.samples import Sample, append_sample  # noqa: E402
 from tridim.space import Triple  # noqa: E402
+from tridim.store import load_run  # noqa: E402
 
 TARGET = 0.5
 
@@ -68,7 +70,7 @@ def run_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(run_dir):
-    return plot.load_run(run_dir)
+    return load_run(run_dir)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +100,7 @@ def _scatter_points(ax) -> int:
     return sum(len(c.get_offsets()) for c in ax.collections if hasattr(c, "get_offsets"))
 
 
-# ---------------------------------------------------------------------- run and tables
+# ---------------------------------------------------------------------- run
 
 
 def test_load_run_reads_predictor_samples_and_report(run, run_dir):
@@ -112,50 +114,13 @@ def test_load_run_reads_predictor_samples_and_report(run, run_dir):
 
 def test_load_run_without_predictor_names_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="predictor.json"):
-        plot.load_run(tmp_path)
+        load_run(tmp_path)
 
 
 def test_load_run_falls_back_to_predictor_training_data(run_dir, tmp_path):
     (tmp_path / "predictor.json").write_text((run_dir / "predictor.json").read_text())
-    run = plot.load_run(tmp_path)
+    run = load_run(tmp_path)
     assert len(run.samples) == 13 and run.report == {} and run.target is None
-
-
-def test_samples_table_rows(run):
-    rows = plot.samples_table(run.samples)
-    assert len(rows) == 13
-    assert list(rows[0]) == [
-        "key",
-        "dimension",
-        "step",
-        "d",
-        "w",
-        "r",
-        "cost",
-        "macs_ratio",
-        "accuracy",
-    ]
-    assert [row["dimension"] for row in rows].count("width") == 4
-    width_step = rows[5]
-    assert width_step["cost"] == pytest.approx(width_step["w"] ** 2)
-
-
-def test_samples_table_infers_dimension_and_accepts_dicts():
-    rows = plot.samples_table(
-        [
-            {"d": 1, "w": 1, "r": 1, "accuracy": 0.9},
-            {"d": 1, "w": 1, "r": 0.5, "accuracy": 0.8},
-            {"d": 0.5, "w": 0.5, "r": 1, "accuracy": 0.7},
-        ]
-    )
-    assert [row["dimension"] for row in rows] == ["base", "resolution", "off-axis"]
-    assert rows[0]["key"] is None and rows[0]["macs_ratio"] is None
-
-
-def test_format_table_is_markdown():
-    text = plot.format_table([{"a": 0.123456, "b": None, "c": "x|y"}], digits=2)
-    assert text.splitlines() == ["| a | b | c |", "|---|---|---|", "| 0.12 |  | x\\|y |"]
-    assert plot.format_table([]) == ""
 
 
 # ---------------------------------------------------------------------- figures
@@ -240,7 +205,7 @@ def test_plot_residuals(run, loo):
 def test_compare_models_rows(run):
     models = _cheap_models()
     models["MAP rank-3 (too many parameters)"] = LowRankPolynomialRegressor(rank=3)
-    rows = plot.compare_models(run.samples, models=models)
+    rows = compare_models(run.samples, models=models)
     assert [row["model"] for row in rows] == list(models)
     for row in rows[:-1]:
         assert row["error"] is None and row["n_samples"] == 13
@@ -253,7 +218,7 @@ def test_compare_models_rows(run):
 
 
 def test_pareto_rows_and_plot(run):
-    rows = plot.pareto_rows(run.predictor, [0.9, 0.5, 0.01])
+    rows = pareto_rows(run.predictor, [0.9, 0.5, 0.01])
     assert [row["error"] is None for row in rows] == [True, True, False]
     assert rows[0]["predicted_accuracy"] > rows[1]["predicted_accuracy"]
     assert "below the cheapest point" in rows[2]["error"]
@@ -278,12 +243,10 @@ def test_figures_are_not_kept_by_pyplot(run, loo):
 # ---------------------------------------------------------------------- report
 
 
-def test_save_report_plots_writes_png_files(run_dir, tmp_path, monkeypatch):
-    import tridim.bench.predictor
-
-    monkeypatch.setattr(tridim.bench.predictor, "baseline_models", _two_models)
+def test_save_report_plots_writes_png_files(run_dir, tmp_path):
     out = tmp_path / "figures"
-    paths = plot.save_report_plots(run_dir, out, budgets=(0.9, 0.5), dpi=50)
+    rows = compare_models(load_run(run_dir).samples, models=_two_models())
+    paths = plot.save_report_plots(run_dir, out, budgets=(0.9, 0.5), model_rows=rows, dpi=50)
     names = ["loo", "slices", "residuals", "models", "pareto", "iso_flops"]
     assert paths == [out / f"{name}.png" for name in names]
     for path in paths:
@@ -291,20 +254,11 @@ def test_save_report_plots_writes_png_files(run_dir, tmp_path, monkeypatch):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_save_report_plots_defaults_to_run_plots_without_report(run_dir, tmp_path, monkeypatch):
-    import tridim.bench.predictor
-
-    monkeypatch.setattr(tridim.bench.predictor, "baseline_models", _two_models)
+def test_save_report_plots_defaults_to_run_plots_without_report(run_dir, tmp_path):
     for name in ("predictor.json", "samples.jsonl"):
         (tmp_path / name).write_text((run_dir / name).read_text())
-    paths = plot.save_report_plots(tmp_path, budgets=(0.7,), dpi=40)
-    assert [p.name for p in paths] == [
-        "loo.png",
-        "slices.png",
-        "residuals.png",
-        "models.png",
-        "pareto.png",
-    ]
+    paths = plot.save_report_plots(load_run(tmp_path), budgets=(0.7,), dpi=40)
+    assert [p.name for p in paths] == ["loo.png", "slices.png", "residuals.png", "pareto.png"]
     assert all(p.parent == tmp_path / "plots" and p.stat().st_size > 0 for p in paths)
 
 
@@ -320,13 +274,27 @@ def test_missing_matplotlib_gives_install_hint(run, monkeypatch):
     with pytest.raises(ImportError, match=r"pip install tridim\[notebooks\]"):
         plot.save_report_plots(run.path)
     # The tables need no matplotlib.
-    assert len(plot.samples_table(run.samples)) == 13
+    assert len(samples_table(run.samples)) == 13
 
 
 def test_module_imports_without_matplotlib_or_torch():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import tridim.plot\n"
+        "import tridim.plot, tridim.report\n"
         "assert 'torch' not in sys.modules, 'tridim.plot imported torch'\n"
+        "assert 'tridim.bench' not in sys.modules, 'the library imported the benchmark'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_plot_only_draws():
+    for name in (
+        "Run",
+        "load_run",
+        "format_table",
+        "samples_table",
+        "pareto_rows",
+        "compare_models",
+    ):
+        assert name not in plot.__all__, name
+        assert getattr(getattr(plot, name, None), "__module__", None) != "tridim.plot", name

@@ -79,6 +79,61 @@ def test_non_finite_loss_stops_and_keeps_last_good_weights(digits):
     )
 
 
+def _after_one_step(model, data, **options):
+    """State of a copy of ``model`` after exactly one training step with ``options``."""
+    reference = copy.deepcopy(model)
+    train(reference, data, 1, max_steps=1, **options)
+    return reference.state_dict()
+
+
+def test_non_finite_gradient_stops_before_the_step(digits):
+    small = digits.subset(train=256, val=32)
+    model = models.build("resnet20", 10, 1)
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    calls = []
+
+    def infinite_gradient(m):
+        calls.append(1)
+        if len(calls) < 2:
+            return torch.tensor(0.0)
+        # the value is sqrt(0) = 0, the gradient 1 / (2 sqrt(0)) = inf
+        return torch.sqrt(first_conv.weight - first_conv.weight.detach()).sum()
+
+    options = dict(batch_size=64, schedule="constant", quiet=True, evaluate_each_epoch=False)
+    expected = _after_one_step(model, small, extra_loss=lambda m: torch.tensor(0.0), **options)
+    with pytest.raises(TrainingDiverged, match="gradient became NaN or infinite at step 1"):
+        train(model, small, 1, extra_loss=infinite_gradient, **options)
+    assert len(calls) == 2
+    after = model.state_dict()
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    # the weights (and BN statistics) are those of the one good step: the bad one was not taken
+    for key, value in expected.items():
+        assert torch.equal(value, after[key]), key
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_nan_inside_forward_leaves_batchnorm_statistics_finite(digits):
+    small = digits.subset(train=256, val=32)
+    model = models.build("resnet20", 10, 1)
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    options = dict(batch_size=64, schedule="constant", quiet=True, evaluate_each_epoch=False)
+    expected = _after_one_step(model, small, **options)
+    forwards = []
+
+    def poison(module, inputs, output):
+        forwards.append(1)
+        return output * float("nan") if len(forwards) == 2 else None
+
+    first_conv.register_forward_hook(poison)
+    with pytest.raises(TrainingDiverged, match="at step 1"):
+        train(model, small, 1, **options)
+    after = model.state_dict()
+    statistics = [k for k in after if "running_" in k or "num_batches_tracked" in k]
+    assert statistics and all(torch.isfinite(after[k].float()).all() for k in statistics)
+    for key, value in expected.items():
+        assert torch.equal(value, after[key]), key
+
+
 def test_checkpoint_round_trip_and_resume(digits, tmp_path):
     small = digits.subset(train=128, val=32)
     model = models.build("resnet20", 10, 1)

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import io
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 
+from tridim.dims.groups import channel_groups, layer_geometry
+from tridim.dims.slimming import bn_l1_penalty, sparsity_strength
 from tridim.dims.width import (
-    bn_l1_penalty,
-    channel_groups,
     compose_removals,
     prune_width,
     prune_width_to_macs,
     remove_channels,
     select_channels,
-    sparsity_strength,
+    select_channels_for_macs,
 )
 from tridim.measure import count_macs, count_params
 from tridim.models import build
@@ -66,6 +68,22 @@ def masked_copy(model: nn.Module, removal: dict[str, list[int]], example: torch.
     return masked
 
 
+def _shapes(model):
+    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def _same_model(a: nn.Module, b: nn.Module) -> bool:
+    """Same state-dict keys, shapes and values."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _tridim_attributes(model: nn.Module) -> set[str]:
+    return {
+        name for module in model.modules() for name in vars(module) if name.startswith("tridim_")
+    }
+
+
 MODELS = [
     "resnet20",
     "resnet18",
@@ -83,9 +101,12 @@ def test_pruned_equals_masked(name):
     model = randomise_batchnorms(build(name, num_classes=10, in_channels=3))
     example = torch.randn(1, *SIZE)
     x = torch.randn(2, *SIZE)
-    pruned = prune_width(model, 0.6, example_input=example, criterion="random", seed=1)
-    removal = pruned.tridim_width_removal
+    removal = select_channels(model, 0.6, example_input=example, criterion="random", seed=1)
     assert removal, "nothing was removed"
+    pruned = remove_channels(model, removal, example_input=example)
+    # prune_width is select_channels + remove_channels
+    direct = prune_width(model, 0.6, example_input=example, criterion="random", seed=1)
+    assert _same_model(direct, pruned)
     masked = masked_copy(model, removal, example)
     with torch.no_grad():
         expected, got = masked(x), pruned.eval()(x)
@@ -99,7 +120,11 @@ def test_pruned_equals_masked(name):
 
 def test_pruned_model_trains_copies_and_saves():
     model = randomise_batchnorms(build("resnet20", 10, 3))
-    pruned = prune_width(model, 0.5, example_input=torch.randn(1, *SIZE))
+    example = torch.randn(1, *SIZE)
+    removal = select_channels(model, 0.5, example_input=example)
+    pruned = remove_channels(model, removal, example_input=example)
+    # pruning passes data back: the model carries nothing but the spec build gave it
+    assert _tridim_attributes(pruned) == _tridim_attributes(model) == {"tridim_spec"}
     pruned.train()
     optimiser = torch.optim.SGD(pruned.parameters(), lr=0.1)
     x, y = torch.randn(8, *SIZE), torch.randint(0, 10, (8,))
@@ -110,37 +135,40 @@ def test_pruned_model_trains_copies_and_saves():
     clone = copy.deepcopy(pruned).eval()
     pruned.eval()
     assert torch.equal(clone(x), pruned(x))
-    assert clone.tridim_width_removal == pruned.tridim_width_removal
     buffer = io.BytesIO()
     torch.save(pruned.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)
-    replayed = remove_channels(
-        build("resnet20", 10, 3), pruned.tridim_width_removal, example_input=torch.randn(1, *SIZE)
-    )
+    replayed = remove_channels(build("resnet20", 10, 3), removal, example_input=example)
     replayed.load_state_dict(state)
     assert torch.equal(replayed.eval()(x), pruned(x))
-
-
-def _shapes(model):
-    return [(name, tuple(t.shape)) for name, t in model.state_dict().items()]
 
 
 def test_replay_after_depth_pruning_and_composition():
     model = randomise_batchnorms(build("resnet20", 10, 3))
     model.layer2[2] = nn.Identity()  # depth pruning keeps the other names
     example = torch.randn(1, *SIZE)
-    once = prune_width(model, 0.8, example_input=example, criterion="l1")
-    twice = prune_width(once, 0.7, example_input=example, criterion="l2")
+    first = select_channels(model, 0.8, example_input=example, criterion="l1")
+    once = remove_channels(model, first, example_input=example)
+    second = select_channels(once, 0.7, example_input=example, criterion="l2")
+    twice = remove_channels(once, second, example_input=example)
+    direct = prune_width(
+        prune_width(model, 0.8, example_input=example, criterion="l1"),
+        0.7,
+        example_input=example,
+        criterion="l2",
+    )
+    assert _same_model(direct, twice)
+    # the composed removal replays both prunings in one call
+    removal = compose_removals(once, first, second)
     fresh = build("resnet20", 10, 3)
     fresh.layer2[2] = nn.Identity()
-    replayed = remove_channels(fresh, twice.tridim_width_removal, example_input=example)
+    replayed = remove_channels(fresh, removal, example_input=example)
     assert _shapes(replayed) == _shapes(twice)
     replayed.load_state_dict(twice.state_dict())
     x = torch.randn(2, *SIZE)
     assert torch.equal(replayed.eval()(x), twice.eval()(x))
     # the composed removal names channels of the full-width model
-    removal = twice.tridim_width_removal
     full_conv = model.get_submodule("layer3.0.conv1")
 
     def kept(root, width):
@@ -167,16 +195,35 @@ def test_select_is_plain_data_and_respects_floors():
 def test_prune_width_to_macs_hits_targets(name):
     model = randomise_batchnorms(build(name, 10, 3))
     base = count_macs(model, SIZE)
+    before = copy.deepcopy(model)
     for target in (0.7, 0.5, 0.3):
         pruned = prune_width_to_macs(model, target, input_size=SIZE)
         ratio = count_macs(pruned, SIZE) / base
         assert abs(ratio - target) <= 0.01 * target, (target, ratio)
+    # prune_width_to_macs is select_channels_for_macs + remove_channels
+    removal = select_channels_for_macs(model, 0.3, input_size=SIZE)
+    assert _same_model(model, before)  # selecting leaves the model alone
+    replayed = remove_channels(model, removal, example_input=torch.zeros(1, *SIZE))
+    assert _same_model(replayed, pruned)
 
 
 def test_prune_width_to_macs_unreachable():
     model = randomise_batchnorms(build("resnet20", 10, 3))
+    before = copy.deepcopy(model)
     with pytest.raises(ValueError, match="could not reach"):
         prune_width_to_macs(model, 0.001, input_size=SIZE)
+    with pytest.raises(ValueError, match="could not reach"):
+        select_channels_for_macs(model, 0.001, input_size=SIZE)
+    with pytest.raises(ValueError, match="could not reach"):
+        prune_width_to_macs(model, 0.001, input_size=SIZE, inplace=True)
+    assert _same_model(model, before)
+
+
+def test_prune_width_to_macs_inplace_equals_copy():
+    model = randomise_batchnorms(build("resnet20", 10, 3))
+    copied = prune_width_to_macs(model, 0.5, input_size=SIZE, criterion="l1")
+    same = prune_width_to_macs(model, 0.5, input_size=SIZE, criterion="l1", inplace=True)
+    assert same is model and _same_model(model, copied)
 
 
 def test_bad_inputs():
@@ -251,9 +298,77 @@ def test_bn_l1_penalty():
     penalty = bn_l1_penalty(model)
     assert sparsity_strength(model) == 1e-5
     assert sparsity_strength(build("vgg11_bn", 10, 3)) == 1e-4
+    assert sparsity_strength(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))) == 1e-5
     value = penalty(model)
     value.backward()
     assert value.item() == pytest.approx(1e-5 * 784)
     assert model.bn1.weight.grad is not None
     with pytest.raises(ValueError, match="BatchNorm"):
         bn_l1_penalty(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_layer_geometry():
+    model = build("resnet20", 10, 3)
+    geometry = layer_geometry(model, torch.randn(2, *SIZE))
+    assert geometry["conv1"] == {"positions": 32 * 32, "kernel": 9, "groups": 1}
+    assert geometry["layer3.0.conv1"] == {"positions": 8 * 8, "kernel": 9, "groups": 1}
+    assert geometry["fc"] == {"positions": 1, "kernel": 1, "groups": 1}
+    # a layer's MACs: out * in / groups * kernel (its weight's size) per output position
+    macs = sum(
+        layer.weight.numel() * geometry[name]["positions"]
+        for name, layer in model.named_modules()
+        if name in geometry
+    )
+    assert macs == count_macs(model, SIZE)
+
+
+DIMS = Path(__file__).resolve().parent.parent / "tridim" / "dims"
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports (relative imports resolved)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            package = ["tridim", "dims"][: 3 - node.level] if node.level else []
+            base = ".".join(package + ([node.module] if node.module else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_groups_depend_on_neither_width_nor_criteria():
+    imported = _imported_modules(DIMS / "groups.py")
+    assert "torch" in imported and "tridim.dims.width" in _imported_modules(DIMS / "slimming.py")
+    for module in ("tridim.dims.width", "tridim.dims.criteria", "tridim.dims.slimming"):
+        assert module not in imported
+    # the criteria use the groups, not the width pruner
+    assert "tridim.dims.width" not in _imported_modules(DIMS / "criteria.py")
+
+
+def _tridim_attribute_uses(path: Path) -> list[str]:
+    """``x.tridim_*`` accesses and ``get/set/has/delattr(x, "tridim_*")`` calls."""
+    uses = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("tridim_"):
+            uses.append(f"{path.name}:{node.lineno} .{node.attr}")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and str(node.args[1].value).startswith("tridim_")
+        ):
+            uses.append(f"{path.name}:{node.lineno} {node.func.id}({node.args[1].value!r})")
+    return uses
+
+
+def test_dims_modules_neither_set_nor_read_tridim_attributes():
+    paths = sorted(DIMS.glob("*.py"))
+    assert {"groups.py", "criteria.py", "width.py", "slimming.py", "depth.py"} <= {
+        p.name for p in paths
+    }
+    assert [use for path in paths for use in _tridim_attribute_uses(path)] == []

@@ -17,21 +17,28 @@ prune_width, prune_depth, with_resolution, realise
     The three dimensions, and realising a triple to an exact MACs budget.
 collect
     Sample collection alone (Algorithm 1), with a crash-safe journal.
-save, load, export_onnx
+save, load, describe, export_onnx
     Pruned models to and from disk without pickled code; ONNX export.
+RunStore, load_run
+    A run folder: the journal of every trial, checkpoints, artifacts; read it back.
 
 Submodules: ``tridim.data`` (datasets), ``tridim.models`` (reference models),
-``tridim.train`` (finetuning), ``tridim.plot`` (figures of a run; needs matplotlib). Names are imported lazily, so the torch-free parts
-(predictor, solver, samples) load without importing torch.
+``tridim.train`` (finetuning), ``tridim.report`` (tables and the report),
+``tridim.plot`` (figures of a run; needs matplotlib). Names are imported lazily, so the
+torch-free parts (space, samples, predictor, solver, plan) load without importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as _metadata
 import sys
 import types
 
-__version__ = "0.1.0"
+try:
+    __version__ = _metadata.version("tridim")
+except _metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
 
 _EXPORTS = {
     "Triple": "space",
@@ -48,24 +55,28 @@ _EXPORTS = {
     "read_samples": "samples",
     "prune_width": "dims.width",
     "prune_width_to_macs": "dims.width",
-    "prune_iteratively": "dims.width",
-    "bn_l1_penalty": "dims.width",
-    "criterion_oracle_correlation": "criteria",
+    "prune_iteratively": "dims.slimming",
+    "bn_l1_penalty": "dims.slimming",
+    "criterion_oracle_correlation": "dims.criteria",
     "block_gains": "dims.depth",
     "prune_depth": "dims.depth",
     "find_blocks": "dims.depth",
     "with_resolution": "dims.resolution",
     "realise": "realise",
-    "Plan": "realise",
+    "apply_plan": "realise",
+    "Plan": "plan",
+    "RunStore": "store",
+    "load_run": "store",
     "collect": "collect",
     "optimize": "optimize",
     "CompressionResult": "optimize",
     "save": "io",
     "load": "io",
+    "describe": "io",
     "export_onnx": "io",
 }
 
-_SUBMODULES = ("data", "models", "train", "plot")
+_SUBMODULES = ("data", "models", "train", "report", "plot")
 # Functions that share their module's name: the package attribute stays the function
 # even after the submodule is imported (the module remains in sys.modules).
 _FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"collect", "optimize", "realise"})

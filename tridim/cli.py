@@ -8,30 +8,16 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from . import __version__
+
 __all__ = ["main", "build_parser"]
 
 
-def _format_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A plain-text table of dict rows (floats shown with 4 significant digits)."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
+def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """The command line's tables: Markdown, floats to 4 significant digits."""
+    from .report import format_table
 
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if value is None:
-            return "-"
-        return str(value)
-
-    body = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in body)) for i, c in enumerate(columns)]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(columns, widths)),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body]
-    return "\n".join(lines)
+    return format_table(rows, columns, float_format=".4g") or "(no rows)"
 
 
 def _write_json(path: str | Path | None, payload) -> None:
@@ -242,12 +228,6 @@ def _add_optimize(sub) -> None:
         help="finetune without distilling from the original model",
     )
     parser.add_argument("--predictor", help="reuse a fitted predictor.json: skip collection")
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the collection in an existing workdir (the default "
-        "behaviour; kept for clarity)",
-    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run_optimize)
 
@@ -306,8 +286,9 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
 
 def _run_optimize(args: argparse.Namespace) -> int:
     from . import data as datasets
-    from .optimize import optimize, render_report_markdown
+    from .optimize import optimize
     from .predictor import LowRankPolynomialRegressor
+    from .report import render_report_markdown
 
     workdir = _workdir(args)
     bundle = datasets.load(args.data, **_data_options(args))
@@ -349,7 +330,8 @@ def _add_collect(sub) -> None:
 
 def _run_collect(args: argparse.Namespace) -> int:
     from . import data as datasets
-    from .collect import JOURNAL_NAME, collect
+    from .collect import collect
+    from .store import JOURNAL
 
     workdir = _workdir(args)
     bundle = datasets.load(args.data, **_data_options(args))
@@ -376,8 +358,8 @@ def _run_collect(args: argparse.Namespace) -> int:
         }
         for s in samples
     ]
-    print(_format_table(rows))
-    print(f"journal: {workdir / JOURNAL_NAME}")
+    print(_table(rows))
+    print(f"journal: {workdir / JOURNAL}")
     return 0
 
 
@@ -402,17 +384,22 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from .optimize import REPORT_NAME, render_report_markdown
+    from .report import render_report_markdown
+    from .store import REPORT
 
-    path = Path(args.run_dir) / REPORT_NAME
+    path = Path(args.run_dir) / REPORT
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {args.run_dir} a tridim run folder?")
     report = json.loads(path.read_text())
     print(json.dumps(report, indent=2) if args.json else render_report_markdown(report))
     if args.plots is not None:
+        from .bench.predictor import compare_models
         from .plot import save_report_plots
+        from .store import load_run
 
-        for written in save_report_plots(args.run_dir, args.plots or None):
+        run = load_run(args.run_dir)
+        rows = compare_models(run.samples)
+        for written in save_report_plots(run, args.plots or None, model_rows=rows):
             print(f"wrote {written}", file=sys.stderr)
     return 0
 
@@ -437,10 +424,10 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from .io import export_onnx, load
+    from .io import describe, export_onnx, load
 
     model = load(args.model_dir)
-    size = args.input_size or getattr(model, "tridim_input_size", None)
+    size = args.input_size or describe(args.model_dir).get("input_size")
     if not size:
         raise ValueError("the saved model does not record its input size: pass --input-size C H W")
     print(export_onnx(model, args.output, size))
@@ -533,7 +520,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         }
         for s in solutions
     ]
-    print(_format_table(rows))
+    print(_table(rows))
     return 0
 
 
@@ -563,7 +550,7 @@ def _run_bench_predictor(args: argparse.Namespace) -> int:
     rows = run_predictor_bench(
         samples_path=args.samples, noise=args.noise, seed=args.seed, target=args.target
     )
-    print(_format_table(rows))
+    print(_table(rows))
     _write_json(args.json_out, rows)
     return 0
 
@@ -639,7 +626,7 @@ def _run_bench_dims(args: argparse.Namespace) -> int:
                 "speedup_b64": row["speedup_b64"],
             }
         )
-    print(_format_table(rows))
+    print(_table(rows))
     print(
         "MACs: conv + linear, ratio to the base; accuracy: test, after finetuning; "
         "latency: median CPU forward time; speed-up over the base."
@@ -679,7 +666,7 @@ def _split_list(text: str | None) -> list[str] | None:
 
 def _run_bench_width(args: argparse.Namespace) -> int:
     from .bench.width import run_width_bench
-    from .criteria import CRITERIA
+    from .dims.criteria import CRITERIA
 
     base_epochs = args.base_epochs
     if base_epochs is None:
@@ -704,7 +691,7 @@ def _run_bench_width(args: argparse.Namespace) -> int:
         f"target MACs ratio {args.target}, finetune {args.epochs} epochs"
     )
     print(
-        _format_table(
+        _table(
             result["rows"],
             ["criterion", "macs_ratio", "params", "acc_before_finetune", "acc_after", "seconds"],
         )
@@ -725,7 +712,7 @@ def _run_bench_width(args: argparse.Namespace) -> int:
             f"zeroed; {oracle['channels']} channels in {len(oracle['layers'])} groups, "
             f"{oracle['n_batches']} batches, {oracle['seconds']:.0f} s)"
         )
-        print(_format_table(rows))
+        print(_table(rows))
         ref = result["reference"]["molchanov_oracle_spearman"]
         low, high = ref["others_range"]
         print(f"reference ({ref['source']}): taylor {ref['taylor']}, others {low}-{high}")
@@ -767,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compress a trained CNN to a FLOPs budget along depth, width and "
         "input resolution.",
     )
-    parser.add_argument("--version", action="version", version="tridim 0.1.0")
+    parser.add_argument("--version", action="version", version=f"tridim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)

@@ -3,7 +3,7 @@
 A saved model is a folder with two files:
 
 - ``model.json`` — schema version, the base model's :class:`~tridim.models.ModelSpec`,
-  the :class:`~tridim.realise.Plan` that cuts the pruned architecture from it (or none),
+  the :class:`~tridim.plan.Plan` that cuts the pruned architecture from it (or none),
   and the input size;
 - ``weights.pt`` — the state dict, read back with ``torch.load(..., weights_only=True)``.
 
@@ -21,59 +21,89 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_write, atomic_write_json
+from .dims.resolution import ResolutionWrapper
 from .measure import check_input_size
-from .models import ModelSpec
+from .models import ModelSpec, spec_of
+from .plan import Plan
+from .realise import apply_plan
 
-__all__ = ["save", "load", "export_onnx", "SCHEMA_VERSION"]
+__all__ = ["save", "load", "describe", "export_onnx", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 _DESCRIPTION = "model.json"
 _WEIGHTS = "weights.pt"
 
 
-def _unwrap(result_or_model) -> nn.Module:
+def _unwrap(result_or_model, plan: Plan | None) -> tuple[nn.Module, Plan | None]:
     if isinstance(result_or_model, nn.Module):
-        return result_or_model
+        return result_or_model, plan
     model = getattr(result_or_model, "model", None)
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"expected a model or a CompressionResult, got {type(result_or_model).__name__}"
         )
-    return model
+    return model, plan if plan is not None else getattr(result_or_model, "plan", None)
 
 
-def save(result_or_model, path: str | os.PathLike) -> Path:
-    """Save a pruned model (or a :class:`CompressionResult`'s model) to a folder.
+def _spec_for(model: nn.Module, plan: Plan | None) -> ModelSpec | None:
+    inner = model.model if isinstance(model, ResolutionWrapper) else model
+    spec = spec_of(model) or spec_of(inner)
+    if spec is None and plan is not None and plan.base_spec is not None:
+        spec = ModelSpec.from_dict(plan.base_spec)
+    return spec
+
+
+def _check_rebuildable(model: nn.Module, spec: ModelSpec | None, plan: Plan | None) -> None:
+    """Refuse to save a model that :func:`load` could not rebuild."""
+    if spec is None and plan is None:
+        raise ValueError(
+            "this model has no ModelSpec and no plan, so it cannot be rebuilt without "
+            "pickling code: build it with tridim.models.build(...), pass plan= for a "
+            "pruned model, or save its state_dict yourself"
+        )
+    if plan is None and (
+        isinstance(model, ResolutionWrapper) or _shapes(spec.build()) != _shapes(model)
+    ):
+        raise ValueError(
+            "this model was pruned: its architecture differs from its ModelSpec. Pass the "
+            "Plan that realise() returned: save(model, path, plan=plan)"
+        )
+
+
+def _shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def save(result_or_model, path: str | os.PathLike, *, plan: Plan | None = None) -> Path:
+    """Save a model (or a :class:`CompressionResult`'s model) to a folder.
 
     Parameters
     ----------
     result_or_model : torch.nn.Module or CompressionResult
-        A model built by :func:`tridim.models.build`, possibly pruned by tridim (it then
-        carries its plan in ``tridim_plan``).
+        A model built by :func:`tridim.models.build`, possibly pruned by tridim, or the
+        result of :func:`tridim.optimize` (its plan is used).
     path : path
         Folder to write; created if needed.
+    plan : Plan, optional
+        How a pruned model was cut from its base (from :func:`tridim.realise`); required
+        for a pruned model.
 
     Returns
     -------
     pathlib.Path
         The folder written.
+
+    Raises
+    ------
+    ValueError
+        If the model could not be rebuilt from what would be saved (no spec and no plan,
+        or a pruned model without its plan).
     """
-    model = _unwrap(result_or_model)
-    plan = getattr(model, "tridim_plan", None)
-    spec = getattr(model, "tridim_spec", None) or getattr(
-        getattr(model, "model", None), "tridim_spec", None
-    )
-    if spec is None and plan is not None and plan.base_spec is not None:
-        spec = ModelSpec.from_dict(plan.base_spec)
-    if spec is None and plan is None:
-        raise ValueError(
-            "this model has neither a tridim_spec nor a tridim_plan, so it cannot be rebuilt "
-            "without pickling code: build it with tridim.models.build(...), or save its "
-            "state_dict yourself"
-        )
-    input_size = getattr(model, "tridim_input_size", None) or (
-        plan.input_size if plan is not None else None
-    )
+    model, plan = _unwrap(result_or_model, plan)
+    spec = _spec_for(model, plan)
+    _check_rebuildable(model, spec, plan)
+    input_size = plan.input_size if plan is not None else getattr(model, "input_size", None)
     description = {
         "format": "tridim-model",
         "schema_version": SCHEMA_VERSION,
@@ -82,17 +112,23 @@ def save(result_or_model, path: str | os.PathLike) -> Path:
         "input_size": list(input_size or []),
     }
     folder = Path(path)
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (_WEIGHTS + ".tmp")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, folder / _WEIGHTS)
-    tmp = folder / (_DESCRIPTION + ".tmp")
-    tmp.write_text(json.dumps(description, indent=2) + "\n")
-    os.replace(tmp, folder / _DESCRIPTION)
+    state = model.state_dict()
+    atomic_write(folder / _WEIGHTS, lambda handle: torch.save(state, handle))
+    atomic_write_json(folder / _DESCRIPTION, description)
     return folder
 
 
-def _read_description(folder: Path) -> dict:
+def describe(path: str | os.PathLike) -> dict:
+    """The validated ``model.json`` of a saved model: ``base_model``, ``plan``, ``input_size``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder has no ``model.json``.
+    ValueError
+        If it is not a tridim model description of a version this tridim reads.
+    """
+    folder = Path(path)
     path = folder / _DESCRIPTION
     if not path.is_file():
         raise FileNotFoundError(f"{folder} is not a saved tridim model (no {_DESCRIPTION})")
@@ -122,6 +158,11 @@ def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Mod
         :func:`tridim.models.build` did not make (their architecture cannot be rebuilt
         from a name); its weights do not matter.
 
+    Returns
+    -------
+    torch.nn.Module
+        In eval mode. :func:`describe` gives its plan and input size.
+
     Raises
     ------
     FileNotFoundError
@@ -129,24 +170,29 @@ def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Mod
     ValueError
         If the description or weights are malformed or do not fit together.
     """
-    from .realise import Plan, apply_plan
-
     folder = Path(path)
-    description = _read_description(folder)
-    if description.get("base_model") is not None:
-        spec = ModelSpec.from_dict(description["base_model"])
-        model = spec.build()
-    elif base_model is not None:
-        spec, model = getattr(base_model, "tridim_spec", None), copy.deepcopy(base_model)
-    else:
-        raise ValueError(
-            f"{folder} holds a model that tridim.models.build did not make: pass the "
-            "unpruned model it was cut from as load(path, base_model=...)"
-        )
+    description = describe(folder)
+    model = _base_architecture(folder, description, base_model)
     input_size = description.get("input_size") or None
     if description.get("plan") is not None:
         plan = Plan.from_dict(description["plan"])
         model = apply_plan(model, plan, input_size=input_size or plan.input_size)
+    model.load_state_dict(_read_weights(folder, model))
+    return model.eval()
+
+
+def _base_architecture(folder: Path, description: dict, base_model: nn.Module | None):
+    if description.get("base_model") is not None:
+        return ModelSpec.from_dict(description["base_model"]).build()
+    if base_model is not None:
+        return copy.deepcopy(base_model)
+    raise ValueError(
+        f"{folder} holds a model that tridim.models.build did not make: pass the "
+        "unpruned model it was cut from as load(path, base_model=...)"
+    )
+
+
+def _read_weights(folder: Path, model: nn.Module) -> dict:
     weights = folder / _WEIGHTS
     if not weights.is_file():
         raise FileNotFoundError(f"{folder} has no {_WEIGHTS}")
@@ -154,18 +200,32 @@ def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Mod
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:  # never fall back to unpickling arbitrary objects
         raise ValueError(f"{weights} is not a weights-only tensor file: {error}") from None
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as error:
+    expected = _shapes(model)
+    if not isinstance(state, dict) or _shapes_of(state) != expected:
         raise ValueError(
             f"{weights} does not fit the architecture in {_DESCRIPTION}: "
-            f"{str(error).splitlines()[0]}"
-        ) from None
-    if spec is not None:
-        model.tridim_spec = spec
-    if input_size:
-        model.tridim_input_size = tuple(input_size)
-    return model.eval()
+            f"{_shape_difference(_shapes_of(state) if isinstance(state, dict) else {}, expected)}"
+        )
+    return state
+
+
+def _shapes_of(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def _shape_difference(found: dict, expected: dict) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [k for k in expected if k in found and found[k] != expected[k]]
+    parts = []
+    if missing:
+        parts.append(f"missing {missing[:3]}{' ...' if len(missing) > 3 else ''}")
+    if unexpected:
+        parts.append(f"unexpected {unexpected[:3]}{' ...' if len(unexpected) > 3 else ''}")
+    if wrong:
+        key = wrong[0]
+        parts.append(f"{key} is {found[key]} in the file, {expected[key]} in the model")
+    return "; ".join(parts)
 
 
 class _MatrixResize(nn.Module):
@@ -207,8 +267,6 @@ class _MatrixResize(nn.Module):
 
 
 def _exportable(model: nn.Module) -> nn.Module:
-    from .dims.resolution import ResolutionWrapper
-
     if isinstance(model, ResolutionWrapper) and model.resizes:
         resize = _MatrixResize(tuple(model.input_size[1:]), model.size, model.antialias)
         return nn.Sequential(resize, model.model)
@@ -237,7 +295,7 @@ def export_onnx(
     opset : int
         ONNX opset version.
     """
-    model = _unwrap(result_or_model)
+    model, _ = _unwrap(result_or_model, None)
     size = check_input_size(input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

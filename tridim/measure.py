@@ -15,22 +15,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .space import check_input_size
+
 __all__ = ["count_macs", "count_params", "measure_latency", "check_input_size", "input_size_of"]
 
 _MAC_OPS = frozenset({"convolution", "_convolution", "mm", "addmm", "bmm", "baddbmm"})
-
-
-def check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
-    """Validate an image size ``(C, H, W)`` and return it as a tuple of ints."""
-    try:
-        size = tuple(int(v) for v in input_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_size must be (C, H, W), got {input_size!r}") from None
-    if len(size) != 3 or min(size) < 1:
-        raise ValueError(
-            f"input_size must be three positive integers (C, H, W), got {input_size!r}"
-        )
-    return size  # type: ignore[return-value]
 
 
 def input_size_of(model: nn.Module) -> int | None:

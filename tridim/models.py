@@ -12,7 +12,15 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
-__all__ = ["BasicBlock", "CifarResNet", "ModelSpec", "build", "known_models", "cifar_resnet"]
+__all__ = [
+    "BasicBlock",
+    "CifarResNet",
+    "ModelSpec",
+    "build",
+    "known_models",
+    "cifar_resnet",
+    "spec_of",
+]
 
 CIFAR_RESNET_DEPTHS = {"resnet20": 20, "resnet32": 32, "resnet56": 56, "resnet110": 110}
 
@@ -193,6 +201,16 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options) -> 
         model = _build_torchvision(key, num_classes, in_channels, options)
     model.tridim_spec = ModelSpec(key, num_classes, in_channels, dict(options))
     return model
+
+
+def spec_of(model: nn.Module) -> ModelSpec | None:
+    """The :class:`ModelSpec` that :func:`build` gave ``model``, or None for other models.
+
+    The spec is the one piece of tridim data a model carries (``build`` sets it, and a
+    deep copy keeps it); read it only through this function.
+    """
+    spec = getattr(model, "tridim_spec", None)
+    return spec if isinstance(spec, ModelSpec) else None
 
 
 def _build_torchvision(name: str, num_classes: int, in_channels: int, options: dict):

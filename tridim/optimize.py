@@ -1,35 +1,51 @@
 """optimize(): the whole pipeline, from a trained model to a pruned one under a budget.
 
-collect samples -> fit the accuracy predictor -> solve for the best (d, w, r) under the
-budget -> [verify and refit] -> realise the triple to the exact MACs target -> finetune
-at the reduced resolution (distilling from the original) -> evaluate and report.
+A short ask-and-tell loop over :class:`~tridim.trial.Trial`\\ s, all recorded by the run's
+:class:`~tridim.store.RunStore`::
+
+    collect samples (trials)  ->  fit the accuracy predictor  ->  solve for (d, w, r)
+    repeat `refine` times:    the solver proposes a triple, a refine trial realises and
+                              finetunes it, its sample joins the fit, the solver re-solves
+    final trial:              realise the triple at the exact MACs budget, finetune it
+                              (distilling from the original), evaluate on the test split
+
+Every trial is stored as it finishes, and the final finetune keeps an epoch checkpoint,
+so a re-run on the same workdir resumes where the last one stopped.
 """
 
 from __future__ import annotations
 
-import copy
+import hashlib
 import json
 import os
 import time
-import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn as nn
 
-from .collect import JOURNAL_NAME, collect
+from .collect import (
+    CollectionSettings,
+    _check_count,
+    depth_can_change,
+    minimum_side,
+    open_run,
+    run_collection,
+)
 from .data import DataBundle
 from .measure import check_input_size, count_macs, count_params, measure_latency
-from .predictor import LowRankPolynomialRegressor
-from .samples import Sample, append_sample, read_samples, samples_to_xy
+from .models import spec_of
+from .plan import Plan
+from .predictor import LowRankPolynomialRegressor, fit_on_samples
+from .report import render_report_markdown
+from .samples import Sample
 from .solver import Solution, solve
-from .space import Triple, check_ratio
-from .train import evaluate, seed_everything, train
+from .space import Triple
+from .store import MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
+from .train import check_model_fits_data, evaluate, seed_everything
+from .trial import Trial, TrialContext, TrialResult, run_trial
 
-__all__ = ["optimize", "CompressionResult", "REPORT_NAME"]
-
-REPORT_NAME = "report.json"
+__all__ = ["optimize", "CompressionResult", "OptimizeSettings", "cheapest_ratio"]
 
 
 @dataclass
@@ -56,7 +72,7 @@ class CompressionResult:
 
     model: nn.Module
     triple: Triple
-    plan: object
+    plan: Plan
     solution: Solution
     predictor: LowRankPolynomialRegressor
     samples: list[Sample]
@@ -78,18 +94,29 @@ class CompressionResult:
         return self.report["macs_ratio"]
 
 
-def _latency(model: nn.Module, input_size, batch: int, repeats: int) -> dict:
-    return {
-        f"batch_{b}": measure_latency(model, input_size, b, repeats=repeats)["median_ms"]
-        for b in (1, batch)
-    }
+@dataclass(frozen=True)
+class OptimizeSettings:
+    """The settings of :func:`optimize` beyond the collection's, validated."""
 
+    final_epochs: int = 8
+    refine: int = 1
+    distill: bool = True
+    degree: int = 3
+    rank: int = 1
+    latency_batch: int = 64
+    latency_repeats: int = 15
 
-def _check_model_and_data(model: nn.Module, data: DataBundle) -> tuple[int, int, int]:
-    from .train import _check_model_fits_data
+    def __post_init__(self) -> None:
+        _check_count(self.final_epochs, "final_epochs", minimum=0)
+        _check_count(self.refine, "refine", minimum=0)
+        _check_count(self.degree, "degree", minimum=1)
+        _check_count(self.rank, "rank", minimum=1)
+        _check_count(self.latency_batch, "latency_batch", minimum=1)
+        _check_count(self.latency_repeats, "latency_repeats", minimum=1)
 
-    _check_model_fits_data(model, data)
-    return check_input_size(data.input_shape)
+    def manifest(self) -> dict:
+        """The settings that change what a run's trials compute."""
+        return {k: v for k, v in asdict(self).items() if not k.startswith("latency")}
 
 
 def optimize(
@@ -124,10 +151,11 @@ def optimize(
     target_flops_ratio : float
         The budget: pruned MACs / original MACs, in (0, 1].
     workdir : path
-        Run folder: the journal, checkpoints, predictor and report go here; re-running
-        with the same workdir resumes the collection.
+        Run folder (:class:`~tridim.store.RunStore`): journal, trials, predictor, model
+        and report go here; re-running with the same workdir resumes every stage.
     predictor : LowRankPolynomialRegressor, optional
-        A fitted predictor to reuse: collection is skipped.
+        A fitted predictor to reuse: collection is skipped, and refine trials refit on
+        its training samples plus theirs.
     rounds, epochs_per_step : int
         Collection: steps per dimension and finetuning epochs per step.
     final_epochs : int
@@ -138,7 +166,7 @@ def optimize(
     distill : bool
         Distil from the original model while finetuning the final model.
     criterion : str
-        Width criterion (see :mod:`tridim.criteria`).
+        Width criterion (see :mod:`tridim.dims.criteria`).
     degree, rank : int
         The predictor's polynomial degree and CP rank.
     lr : float
@@ -153,18 +181,38 @@ def optimize(
     Returns
     -------
     CompressionResult
+
+    Raises
+    ------
+    ValueError
+        Before any training, for an invalid argument, a model that does not fit the data,
+        a budget below what the model can reach, or a workdir holding another run.
     """
-    from .realise import realise
+    collection = CollectionSettings(
+        target_flops_ratio, rounds, epochs_per_step, criterion, seed, 0.0, lr
+    )
+    settings = OptimizeSettings(
+        final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
+    )
+    if predictor is not None and not isinstance(predictor, LowRankPolynomialRegressor):
+        raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")
+    check_model_fits_data(model, data)
+    _check_reachable(model, check_input_size(data.input_shape), collection.target_flops_ratio)
+    manifest = {"optimize": settings.manifest()}
+    if predictor is not None:
+        manifest["reused_predictor"] = _predictor_fingerprint(predictor)
+    context = open_run(
+        model, data, collection, RunStore(workdir), extra_manifest=manifest, quiet=quiet
+    )
+    return _Pipeline(context, collection, settings).run(predictor)
 
-    target = check_ratio(target_flops_ratio, "target_flops_ratio")
-    if not isinstance(refine, int) or refine < 0:
-        raise ValueError(f"refine must be a non-negative integer, got {refine!r}")
-    if not isinstance(final_epochs, int) or final_epochs < 0:
-        raise ValueError(f"final_epochs must be a non-negative integer, got {final_epochs!r}")
-    input_size = _check_model_and_data(model, data)
-    from .collect import check_criterion_fits, depth_can_change
 
-    check_criterion_fits(model, criterion)
+def _predictor_fingerprint(predictor: LowRankPolynomialRegressor) -> str:
+    payload = json.dumps([predictor.coef_.tolist(), predictor.X_train_.tolist()])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _check_reachable(model: nn.Module, input_size, target: float) -> None:
     floor = cheapest_ratio(model, input_size)
     if target < floor * 1.05:
         raise ValueError(
@@ -172,194 +220,183 @@ def optimize(
             f"{floor:.4f} of its MACs with every removable block gone, 5% of the channels "
             "and the smallest input it runs at): raise the target or start from a larger model"
         )
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    base = copy.deepcopy(model).eval()
-    seed_everything(seed)
-    base_accuracy = evaluate(base, data.loader("test", 256))
-    macs_before = count_macs(base, input_size)
 
-    started = time.perf_counter()
-    reused_predictor = predictor is not None
-    if predictor is None:
-        samples = collect(
-            base,
-            data,
-            target,
-            workdir=workdir,
-            rounds=rounds,
-            epochs_per_step=epochs_per_step,
-            criterion=criterion,
-            seed=seed,
-            lr=lr,
-            quiet=quiet,
-        )
-        seconds["collect"] = time.perf_counter() - started
+
+class _Pipeline:
+    """One optimize run: the stages in order, sharing the trial context."""
+
+    def __init__(
+        self, context: TrialContext, collection: CollectionSettings, settings: OptimizeSettings
+    ):
+        self.context = context
+        self.collection = collection
+        self.settings = settings
+        self.target = collection.target_flops_ratio
+        self.seconds: dict[str, float] = {}
+        self.reused_predictor = False
+
+    def _timed(self, stage: str, function, *args):
         started = time.perf_counter()
-        predictor = _fit(samples, degree, rank, seed)
-        seconds["fit"] = time.perf_counter() - started
-    else:
-        samples = read_samples(workdir / JOURNAL_NAME) if (workdir / JOURNAL_NAME).is_file() else []
-        seconds["collect"] = 0.0
-        seconds["fit"] = 0.0
+        value = function(*args)
+        self.seconds[stage] = time.perf_counter() - started
+        return value
 
-    started = time.perf_counter()
-    solution = solve(predictor, target)
-    seconds["solve"] = time.perf_counter() - started
+    def run(self, predictor: LowRankPolynomialRegressor | None) -> CompressionResult:
+        context = self.context
+        seed_everything(self.collection.seed)
+        base_accuracy = evaluate(context.base, context.data.loader("test", 256))
+        if predictor is None:
+            samples = self._timed("collect", run_collection, context, self.collection)
+            predictor = self._timed("fit", self._fit, samples)
+        else:
+            samples = _training_samples(predictor)
+            self.seconds.update(collect=0.0, fit=0.0)
+            self.reused_predictor = True
+        solution = self._timed("solve", solve, predictor, self.target)
+        started = time.perf_counter()
+        refinements = []
+        for iteration in range(1, self.settings.refine + 1):
+            predictor, solution, sample, record = self._refine(
+                iteration, predictor, solution, samples
+            )
+            samples = samples + [sample]
+            refinements.append(record)
+        self.seconds["refine"] = time.perf_counter() - started
+        final = run_trial(self._final_trial(solution), context, keep_model=True)
+        self.seconds["realise"] = final.seconds.get("cut", 0.0)
+        self.seconds["finetune"] = final.seconds.get("train", 0.0)
+        return self._finish(final, solution, predictor, samples, refinements, base_accuracy)
 
-    refinements = []
-    started = time.perf_counter()
-    for iteration in range(refine):
-        pruned, plan = realise(
-            base,
-            solution.triple,
-            input_size=input_size,
-            data=data,
-            target_flops_ratio=target,
-            criterion=criterion,
+    def _fit(self, samples: list[Sample]) -> LowRankPolynomialRegressor:
+        return fit_on_samples(
+            samples,
+            degree=self.settings.degree,
+            rank=self.settings.rank,
+            random_state=self.collection.seed,
         )
-        train(
-            pruned,
-            data,
-            epochs_per_step,
-            lr=lr,
-            seed=seed + 7919 + iteration,
-            evaluate_each_epoch=False,
-            quiet=quiet,
+
+    def _refine(self, iteration: int, predictor, solution: Solution, samples: list[Sample]):
+        """Ask: realise the proposed triple as a trial. Tell: refit on its sample, re-solve."""
+        trial = Trial(
+            key=f"refine:{iteration}",
+            kind="refine",
+            epochs=self.collection.epochs_per_step,
+            seed=self.collection.seed + 7919 + iteration,
+            train_seed=self.collection.seed + 7918 + iteration,
+            step=iteration,
+            triple=solution.triple,
         )
-        measured = evaluate(pruned, data.loader("val", 256))
-        realised = plan.realised
-        sample = Sample(
-            realised.d,
-            realised.w,
-            realised.r,
-            measured,
-            {
-                "key": f"refine:{iteration + 1}",
-                "dimension": "refine",
-                "step": iteration + 1,
-                "macs_ratio": plan.macs_ratio,
-                "epochs": epochs_per_step,
-                "seed": seed,
-            },
+        sample = run_trial(trial, self.context).sample
+        realised = [sample.d, sample.w, sample.r]
+        predicted_there = float(predictor.predict([realised])[0])
+        predictor = self._fit(samples + [sample])
+        new_solution = solve(predictor, self.target)
+        record = {
+            "iteration": iteration,
+            "triple": Triple(*realised).to_dict(),
+            "predicted_accuracy": predicted_there,
+            "measured_accuracy": sample.accuracy,
+            "new_triple": new_solution.triple.to_dict(),
+            "new_predicted_accuracy": new_solution.predicted_accuracy,
+        }
+        return predictor, new_solution, sample, record
+
+    def _final_trial(self, solution: Solution) -> Trial:
+        return Trial(
+            key="final",
+            kind="final",
+            epochs=self.settings.final_epochs,
+            seed=self.collection.seed + 104729,
+            train_seed=self.collection.seed + 104729,
+            triple=solution.triple,
+            distill=self.settings.distill,
+            split="test",
         )
-        samples = samples + [sample]
-        append_sample(workdir / "refine.jsonl", sample)
-        predicted_there = float(predictor.predict([list(realised.as_tuple())])[0])
-        predictor = _fit(samples, degree, rank, seed)
-        new_solution = solve(predictor, target)
-        refinements.append(
-            {
-                "iteration": iteration + 1,
-                "triple": realised.to_dict(),
-                "predicted_accuracy": predicted_there,
-                "measured_accuracy": measured,
-                "new_triple": new_solution.triple.to_dict(),
-                "new_predicted_accuracy": new_solution.predicted_accuracy,
+
+    def _finish(self, final: TrialResult, solution, predictor, samples, refinements, base_accuracy):
+        """Measure the final model, then write predictor, plan, model and report."""
+        from .io import save
+
+        store = self.context.store
+        loo_rmse = predictor.save(store.file("predictor.json")).get("loo_rmse")
+        latency = self._timed("latency", self._latency, final.model)
+        report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
+        report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
+        store.write_json(PLAN, final.plan.to_dict())
+        save(final.model, store.file(MODEL), plan=final.plan)
+        store.write_json(REPORT, report)
+        store.write_text(REPORT_MARKDOWN, render_report_markdown(report))
+        return CompressionResult(
+            final.model, final.plan.realised, final.plan, solution, predictor, samples, report
+        )
+
+    def _latency(self, pruned: nn.Module) -> dict:
+        size, batch = self.context.input_size, self.settings.latency_batch
+        repeats = self.settings.latency_repeats
+        return {
+            name: {
+                f"batch_{b}": measure_latency(model, size, b, repeats=repeats)["median_ms"]
+                for b in (1, batch)
             }
-        )
-        solution = new_solution
-    seconds["refine"] = time.perf_counter() - started
+            for name, model in (("before", self.context.base), ("after", pruned))
+        }
 
-    started = time.perf_counter()
-    pruned, plan = realise(
-        base,
-        solution.triple,
-        input_size=input_size,
-        data=data,
-        target_flops_ratio=target,
-        criterion=criterion,
-    )
-    seconds["realise"] = time.perf_counter() - started
-    started = time.perf_counter()
-    train(
-        pruned,
-        data,
-        final_epochs,
-        lr=lr,
-        seed=seed + 104729,
-        teacher=base if distill else None,
-        evaluate_each_epoch=False,
-        quiet=quiet,
-    )
-    seconds["finetune"] = time.perf_counter() - started
-    accuracy = evaluate(pruned, data.loader("test", 256))
-    realised = plan.realised
-    predicted = float(predictor.predict([list(realised.as_tuple())])[0])
+    def _report(self, final, solution, predictor, loo_rmse, latency, base_accuracy) -> dict:
+        base_macs, plan = self.context.base_macs, final.plan
+        realised = plan.realised
+        return {
+            "target_flops_ratio": self.target,
+            "macs_ratio": plan.macs / base_macs,
+            "triple": realised.to_dict(),
+            "solved_triple": solution.triple.to_dict(),
+            "multiplier": solution.multiplier,
+            "base_accuracy": base_accuracy,
+            "accuracy": final.sample.accuracy,
+            "predicted_accuracy": float(predictor.predict([list(realised.as_tuple())])[0]),
+            "predictor_loo_rmse": loo_rmse,
+            "macs_before": base_macs,
+            "macs_after": plan.macs,
+            "params_before": count_params(self.context.base),
+            "params_after": count_params(final.model),
+            "latency_ms": latency,
+            "speedup": {k: latency["before"][k] / latency["after"][k] for k in latency["before"]},
+            "seconds": self.seconds,
+        }
 
-    started = time.perf_counter()
-    latency = {
-        "before": _latency(base, input_size, latency_batch, latency_repeats),
-        "after": _latency(pruned, input_size, latency_batch, latency_repeats),
-    }
-    seconds["latency"] = time.perf_counter() - started
-    macs_after = plan.macs
-    loo = _loo_rmse(predictor)
-    report = {
-        "target_flops_ratio": target,
-        "macs_ratio": macs_after / macs_before,
-        "triple": realised.to_dict(),
-        "solved_triple": solution.triple.to_dict(),
-        "multiplier": solution.multiplier,
-        "base_accuracy": base_accuracy,
-        "accuracy": accuracy,
-        "predicted_accuracy": predicted,
-        "predictor_loo_rmse": loo,
-        "macs_before": macs_before,
-        "macs_after": macs_after,
-        "params_before": count_params(base),
-        "params_after": count_params(pruned),
-        "latency_ms": latency,
-        "speedup": {k: latency["before"][k] / latency["after"][k] for k in latency["before"]},
-        "seconds": seconds,
-        "refinements": refinements,
-        "n_samples": len(samples),
-        "depth_fixed": (
-            None
-            if depth_can_change(base, input_size)
-            else "no block has an identity shortcut: depth stays at 1"
-        ),
-        "settings": {
-            "rounds": rounds,
-            "epochs_per_step": epochs_per_step,
-            "final_epochs": final_epochs,
-            "refine": refine,
-            "distill": distill,
-            "criterion": criterion,
-            "degree": degree,
-            "rank": rank,
-            "lr": lr,
-            "seed": seed,
-            "latency_batch": latency_batch,
-            "reused_predictor": reused_predictor,
-        },
-        "data": data.describe(),
-        "model": (base.tridim_spec.to_dict() if hasattr(base, "tridim_spec") else None),
-    }
-    result = CompressionResult(pruned, realised, plan, solution, predictor, samples, report)
-    _write_artifacts(result, workdir)
-    return result
+    def _context_record(self) -> dict:
+        """The report's closing fields: what was compressed, and how."""
+        context, c, s = self.context, self.collection, self.settings
+        spec = spec_of(context.base)
+        depth_fixed = not depth_can_change(context.base, context.input_size)
+        return {
+            "depth_fixed": "no block has an identity shortcut: depth stays at 1"
+            if depth_fixed
+            else None,
+            "settings": {
+                "rounds": c.rounds,
+                "epochs_per_step": c.epochs_per_step,
+                "final_epochs": s.final_epochs,
+                "refine": s.refine,
+                "distill": s.distill,
+                "criterion": c.criterion,
+                "degree": s.degree,
+                "rank": s.rank,
+                "lr": c.lr,
+                "seed": c.seed,
+                "latency_batch": s.latency_batch,
+                "reused_predictor": self.reused_predictor,
+            },
+            "data": context.data.describe(),
+            "model": spec.to_dict() if spec is not None else None,
+        }
 
 
-def _fit(samples: list[Sample], degree: int, rank: int, seed: int) -> LowRankPolynomialRegressor:
-    from .predictor import _count_params
-
-    X, y = samples_to_xy(samples)
-    estimator = LowRankPolynomialRegressor(degree=degree, rank=rank, random_state=seed)
-    n_params = _count_params(X.shape[1], degree, rank)
-    if len(y) < n_params:
-        # e.g. depth cannot change, so its axis has no samples: a tiny ridge keeps the
-        # fit well posed and the solver's bounds keep d at 1.
-        estimator.set_params(alpha=1e-6)
-    elif len(y) <= n_params + 1:
-        warnings.warn(
-            f"{len(y)} samples for a predictor with {n_params} parameters: leave-one-out "
-            "fits interpolate and the fit may swing between samples; use rounds >= 4 or "
-            "degree=2",
-            stacklevel=3,
-        )
-    return estimator.fit(X, y)
+def _training_samples(predictor: LowRankPolynomialRegressor) -> list[Sample]:
+    """The samples a saved predictor was fitted on (its JSON file keeps them)."""
+    return [
+        Sample(*x, accuracy=float(y), extra={"key": f"reused:{i}", "dimension": "reused"})
+        for i, (x, y) in enumerate(zip(predictor.X_train_.tolist(), predictor.y_train_))
+    ]
 
 
 def cheapest_ratio(model: nn.Module, input_size) -> float:
@@ -369,15 +406,14 @@ def cheapest_ratio(model: nn.Module, input_size) -> float:
     floor) and the smallest image side the model runs at
     (:func:`tridim.collect.minimum_side`), each measured alone and multiplied.
     """
-    from .collect import depth_can_change, minimum_side
     from .dims.depth import find_blocks, remove_blocks
     from .dims.resolution import with_resolution
     from .dims.width import DEFAULT_MIN_KEEP, prune_width
 
     base_macs = count_macs(model, input_size)
     ratio = 1.0
-    if depth_can_change(model, input_size):
-        names = [b.name for b in find_blocks(model, input_size=input_size) if b.removable]
+    names = [b.name for b in find_blocks(model, input_size=input_size) if b.removable]
+    if names:
         ratio *= count_macs(remove_blocks(model, names), input_size) / base_macs
     example = torch.zeros(1, *input_size)
     thin = prune_width(model, DEFAULT_MIN_KEEP, example_input=example, criterion="l1")
@@ -385,54 +421,3 @@ def cheapest_ratio(model: nn.Module, input_size) -> float:
     r = min(1.0, minimum_side(model, input_size) / min(input_size[1:]))
     ratio *= count_macs(with_resolution(model, r, input_size), input_size) / base_macs
     return ratio
-
-
-def _loo_rmse(predictor: LowRankPolynomialRegressor) -> float | None:
-    try:
-        return float(predictor.loo_rmse())
-    except ValueError:  # too few samples to leave one out
-        return None
-
-
-def _write_artifacts(result: CompressionResult, workdir: Path) -> None:
-    from .io import save
-
-    result.predictor.save(workdir / "predictor.json")
-    (workdir / "plan.json").write_text(json.dumps(result.plan.to_dict(), indent=2) + "\n")
-    save(result.model, workdir / "model")
-    tmp = workdir / (REPORT_NAME + ".tmp")
-    tmp.write_text(json.dumps(result.report, indent=2) + "\n")
-    os.replace(tmp, workdir / REPORT_NAME)
-    (workdir / "report.md").write_text(render_report_markdown(result.report))
-
-
-def render_report_markdown(report: dict) -> str:
-    """A readable Markdown summary of a report dict."""
-    t = report["triple"]
-    lat = report["latency_ms"]
-    batch_key = [k for k in lat["before"] if k != "batch_1"][0]
-    rows = [
-        ("target FLOPs ratio", f"{report['target_flops_ratio']:.3f}"),
-        ("measured MACs ratio", f"{report['macs_ratio']:.3f}"),
-        ("triple (d, w, r)", f"({t['d']:.3f}, {t['w']:.3f}, {t['r']:.3f})"),
-        ("base accuracy (test)", f"{report['base_accuracy']:.4f}"),
-        ("pruned accuracy (test)", f"{report['accuracy']:.4f}"),
-        ("predicted accuracy", f"{report['predicted_accuracy']:.4f}"),
-        ("MACs", f"{report['macs_before']:,} -> {report['macs_after']:,}"),
-        ("params", f"{report['params_before']:,} -> {report['params_after']:,}"),
-        (
-            "latency batch 1 (ms)",
-            f"{lat['before']['batch_1']:.2f} -> {lat['after']['batch_1']:.2f} "
-            f"({report['speedup']['batch_1']:.2f}x)",
-        ),
-        (
-            f"latency {batch_key.replace('_', ' ')} (ms)",
-            f"{lat['before'][batch_key]:.2f} -> {lat['after'][batch_key]:.2f} "
-            f"({report['speedup'][batch_key]:.2f}x)",
-        ),
-        ("samples", str(report["n_samples"])),
-        ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())),
-    ]
-    lines = ["# tridim report", "", "| quantity | value |", "| --- | --- |"]
-    lines += [f"| {name} | {value} |" for name, value in rows]
-    return "\n".join(lines) + "\n"

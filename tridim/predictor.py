@@ -21,7 +21,8 @@ import json
 import math
 import numbers
 import os
-import tempfile
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,16 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-__all__ = ["LowRankPolynomialRegressor", "EXPECTED_FAILED_CHECKS", "SCHEMA_VERSION"]
+from .atomic import atomic_write_json
+from .samples import Sample, samples_to_xy
+
+__all__ = [
+    "LowRankPolynomialRegressor",
+    "leave_one_out_residuals",
+    "fit_on_samples",
+    "EXPECTED_FAILED_CHECKS",
+    "SCHEMA_VERSION",
+]
 
 #: Version of the JSON layout written by :meth:`LowRankPolynomialRegressor.save`.
 SCHEMA_VERSION = 1
@@ -322,21 +332,7 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
             and ``alpha == 0``).
         """
         check_is_fitted(self)
-        X, y = self.X_train_, self.y_train_
-        n_samples = len(y)
-        if n_samples < 2:
-            raise ValueError("leave-one-out needs at least 2 samples")
-        residuals = np.empty(n_samples)
-        keep = np.ones(n_samples, dtype=bool)
-        for i in range(n_samples):
-            keep[i] = False
-            try:
-                refit = clone(self).fit(X[keep], y[keep])
-            except ValueError as error:
-                raise ValueError(f"leave-one-out refit failed: {error}") from None
-            residuals[i] = y[i] - refit.predict(X[i : i + 1])[0]
-            keep[i] = True
-        return residuals
+        return leave_one_out_residuals(self, self.X_train_, self.y_train_)
 
     def loo_rmse(self) -> float:
         """Root mean squared leave-one-out error on the training data."""
@@ -397,7 +393,7 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
             "fit": {"n_iter": int(self.n_iter_), "train_rmse": float(self.train_rmse_)},
             "summary": summary,
         }
-        _write_atomically(Path(path), json.dumps(payload, indent=1, allow_nan=False) + "\n")
+        atomic_write_json(path, payload, indent=1)
         return summary
 
     def _json_params(self) -> dict[str, Any]:
@@ -432,6 +428,80 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
 
 
 # ---------------------------------------------------------------------- model maths
+
+
+def leave_one_out_residuals(estimator: Any, X: Any, y: Any) -> np.ndarray:
+    """Leave-one-out residuals ``y_i - F_{-i}(x_i)`` of any scikit-learn regressor.
+
+    Each ``F_{-i}`` is ``clone(estimator)`` fitted on every sample but ``i``.
+
+    Parameters
+    ----------
+    estimator : scikit-learn regressor
+        Its parameters are used; it need not be fitted.
+    X : array-like of shape (n_samples, n_features)
+    y : array-like of shape (n_samples,)
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+
+    Raises
+    ------
+    ValueError
+        With fewer than 2 samples, or when a refit fails (the message says why).
+    """
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    if len(y) < 2:
+        raise ValueError("leave-one-out needs at least 2 samples")
+    residuals = np.empty(len(y))
+    keep = np.ones(len(y), dtype=bool)
+    for i in range(len(y)):
+        keep[i] = False
+        try:
+            refit = clone(estimator).fit(X[keep], y[keep])
+        except ValueError as error:
+            raise ValueError(f"leave-one-out refit failed: {error}") from None
+        residuals[i] = y[i] - refit.predict(X[i : i + 1])[0]
+        keep[i] = True
+    return residuals
+
+
+def fit_on_samples(
+    samples: Iterable[Sample], *, degree: int = 3, rank: int = 1, random_state: int = 0
+) -> LowRankPolynomialRegressor:
+    """Fit the accuracy predictor to a run's samples.
+
+    With fewer samples than the predictor has free parameters (e.g. depth cannot change,
+    so its axis has no samples) a tiny ridge (``alpha=1e-6``) keeps the fit well posed;
+    with barely more, a warning says that leave-one-out fits will interpolate.
+
+    Parameters
+    ----------
+    samples : iterable of Sample
+    degree, rank : int
+        The predictor's polynomial degree and CP rank.
+    random_state : int
+        Seeds the fit's starts.
+
+    Returns
+    -------
+    LowRankPolynomialRegressor
+        Fitted.
+    """
+    X, y = samples_to_xy(samples)
+    estimator = LowRankPolynomialRegressor(degree=degree, rank=rank, random_state=random_state)
+    n_params = _count_params(X.shape[1], degree, rank)
+    if len(y) < n_params:
+        estimator.set_params(alpha=1e-6)
+    elif len(y) <= n_params + 1:
+        warnings.warn(
+            f"{len(y)} samples for a predictor with {n_params} parameters: leave-one-out "
+            "fits interpolate and the fit may swing between samples; use rounds >= 4 or "
+            "degree=2",
+            stacklevel=2,
+        )
+    return estimator.fit(X, y)
 
 
 def _count_params(n_features: int, degree: int, rank: int) -> int:
@@ -619,21 +689,6 @@ def _plain(value: Any) -> Any:
 # ---------------------------------------------------------------------- file format
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-
-
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
@@ -703,14 +758,19 @@ def _from_payload(cls: type, data: Any, source: str) -> LowRankPolynomialRegress
         raise ValueError(f"{source}: not a valid predictor file: {error}") from None
 
 
-def _build(cls: type, data: Any) -> LowRankPolynomialRegressor:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_header(cls: type, data: Any) -> tuple[LowRankPolynomialRegressor, int]:
+    """Validate the format, version, keys and params; return the estimator and n_features."""
     top = {"format", "schema_version", "params", "n_features", "coef", "x_offset", "x_scale"}
     top |= {"bounds", "train", "fit", "summary"}
     _require(isinstance(data, dict), "the top level must be a JSON object")
     _require(data.get("format") == _FORMAT, f"format must be {_FORMAT!r}")
     version = data.get("schema_version")
     _require(
-        isinstance(version, int) and not isinstance(version, bool) and version == SCHEMA_VERSION,
+        _is_int(version) and version == SCHEMA_VERSION,
         f"unsupported schema_version {version!r} (this tridim reads {SCHEMA_VERSION})",
     )
     _exact_keys(data, top, "the file")
@@ -721,18 +781,16 @@ def _build(cls: type, data: Any) -> LowRankPolynomialRegressor:
     except ValueError as error:
         raise _Invalid(f"params: {error}") from None
     _require(
-        params["random_state"] is None
-        or (
-            isinstance(params["random_state"], int) and not isinstance(params["random_state"], bool)
-        ),
+        params["random_state"] is None or _is_int(params["random_state"]),
         "params.random_state must be an integer or null",
     )
     n_features = data["n_features"]
-    _require(
-        isinstance(n_features, int) and not isinstance(n_features, bool) and n_features >= 1,
-        "n_features must be a positive integer",
-    )
-    p = n_features
+    _require(_is_int(n_features) and n_features >= 1, "n_features must be a positive integer")
+    return estimator, n_features
+
+
+def _build(cls: type, data: Any) -> LowRankPolynomialRegressor:
+    estimator, p = _checked_header(cls, data)
     coef = _number_array(data["coef"], (estimator.rank, p, estimator.degree + 1), "coef")
     x_offset = _number_array(data["x_offset"], (p,), "x_offset")
     x_scale = _number_array(data["x_scale"], (p,), "x_scale")

@@ -15,11 +15,8 @@ stored as "base model spec + plan + weights".
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -28,186 +25,13 @@ from torch.utils.data import TensorDataset
 from .dims.depth import find_blocks, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, reduced_size
 from .measure import check_input_size, count_macs
-from .space import Triple, check_ratio
+from .models import spec_of
+from .plan import Plan
+from .space import Triple, as_triple, check_ratio
 
-__all__ = ["Plan", "realise", "apply_plan", "plan_of"]
+__all__ = ["realise", "apply_plan", "plan_of", "count_channels"]
 
-PLAN_FORMAT = 1
 DEFAULT_TOLERANCE = 0.01
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a base model was cut down to a triple: plain data, JSON-ready.
-
-    Attributes
-    ----------
-    requested : Triple
-        The triple asked for.
-    realised : Triple
-        What was built: ``d`` = blocks kept / blocks, ``w`` = prunable channels kept /
-        prunable channels (over all coupled channel groups of the depth-pruned model),
-        ``r`` = geometric mean of the kept side ratios.
-    input_size : tuple of int
-        ``(C, H, W)`` of the full-size input.
-    removed_blocks : list of str
-        Qualified names of the blocks replaced by identity.
-    blocks_total : int
-        Blocks in the base model.
-    width_removal : dict
-        ``{root layer name: sorted output-channel indices}`` removed from the
-        depth-pruned model (:func:`tridim.dims.width.select_channels` format).
-    channels_kept, channels_total : int
-        Prunable channels kept and in total, counted once per coupled group.
-    resolution : tuple of int
-        ``(height, width)`` in pixels the pruned model runs at.
-    macs, base_macs : int
-        Conv + linear MACs of the pruned model (with its resize) and of the base model,
-        both at the full input size.
-    macs_ratio : float
-        ``macs / base_macs``.
-    target_flops_ratio : float or None
-        The MACs ratio asked for, if any.
-    criterion : str
-        Width criterion name.
-    base_spec : dict or None
-        ``model.tridim_spec.to_dict()`` of the base model, if it has one.
-    """
-
-    requested: Triple
-    realised: Triple
-    input_size: tuple[int, int, int]
-    removed_blocks: list[str]
-    blocks_total: int
-    width_removal: dict[str, list[int]]
-    channels_kept: int
-    channels_total: int
-    resolution: tuple[int, int]
-    macs: int
-    base_macs: int
-    macs_ratio: float
-    target_flops_ratio: float | None = None
-    criterion: str = "bn_scale"
-    base_spec: dict | None = None
-    format: int = field(default=PLAN_FORMAT)
-
-    @property
-    def r(self) -> float:
-        """Realised resolution ratio (same as ``realised.r``)."""
-        return self.realised.r
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (lists for tuples, dicts for triples)."""
-        return {
-            "format": self.format,
-            "requested": self.requested.to_dict(),
-            "realised": self.realised.to_dict(),
-            "input_size": list(self.input_size),
-            "removed_blocks": list(self.removed_blocks),
-            "blocks_total": self.blocks_total,
-            "width_removal": {k: list(v) for k, v in sorted(self.width_removal.items())},
-            "channels_kept": self.channels_kept,
-            "channels_total": self.channels_total,
-            "resolution": list(self.resolution),
-            "macs": self.macs,
-            "base_macs": self.base_macs,
-            "macs_ratio": self.macs_ratio,
-            "target_flops_ratio": self.target_flops_ratio,
-            "criterion": self.criterion,
-            "base_spec": copy.deepcopy(self.base_spec),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> Plan:
-        """Rebuild a plan from :meth:`to_dict` output, validating it.
-
-        Raises
-        ------
-        ValueError
-            On missing or unknown keys, wrong types, or a newer format.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        required = {
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        }
-        missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
-        if missing or unknown:
-            raise ValueError(f"invalid plan: missing keys {missing}, unknown keys {unknown}")
-        if int(data.get("format", PLAN_FORMAT)) > PLAN_FORMAT:
-            raise ValueError(
-                f"plan format {data['format']} is newer than this tridim reads "
-                f"({PLAN_FORMAT}): upgrade tridim"
-            )
-        try:
-            removal = {
-                str(k): sorted(int(i) for i in v) for k, v in dict(data["width_removal"]).items()
-            }
-            target = data.get("target_flops_ratio")
-            spec = data.get("base_spec")
-            if spec is not None and not isinstance(spec, Mapping):
-                raise TypeError("base_spec must be an object or null")
-            return cls(
-                requested=Triple.from_dict(data["requested"]),
-                realised=Triple.from_dict(data["realised"]),
-                input_size=check_input_size(data["input_size"]),
-                removed_blocks=[_as_name(n) for n in data["removed_blocks"]],
-                blocks_total=int(data["blocks_total"]),
-                width_removal=removal,
-                channels_kept=int(data["channels_kept"]),
-                channels_total=int(data["channels_total"]),
-                resolution=_as_pixels(data["resolution"]),
-                macs=int(data["macs"]),
-                base_macs=int(data["base_macs"]),
-                macs_ratio=float(data["macs_ratio"]),
-                target_flops_ratio=None if target is None else float(target),
-                criterion=str(data.get("criterion", "bn_scale")),
-                base_spec=None if spec is None else dict(spec),
-                format=int(data.get("format", PLAN_FORMAT)),
-            )
-        except (TypeError, ValueError, KeyError) as error:
-            raise ValueError(f"invalid plan: {error}") from None
-
-    def to_json(self, indent: int | None = 2) -> str:
-        """The plan as a JSON string."""
-        return json.dumps(self.to_dict(), indent=indent)
-
-    @classmethod
-    def from_json(cls, text: str) -> Plan:
-        """Parse :meth:`to_json` output."""
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError) as error:
-            raise ValueError(f"a plan must be JSON text: {error}") from None
-        return cls.from_dict(data)
-
-
-def _as_name(value) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"block names must be non-empty strings, got {value!r}")
-    return value
-
-
-def _as_pixels(value) -> tuple[int, int]:
-    height, width = (int(v) for v in value)
-    if height < 1 or width < 1:
-        raise ValueError(f"resolution must be two positive integers, got {value!r}")
-    return (height, width)
-
-
-def _as_triple(triple) -> Triple:
-    if isinstance(triple, Triple):
-        return triple
-    if isinstance(triple, Mapping):
-        return Triple.from_dict(triple)
-    try:
-        d, w, r = triple
-    except (TypeError, ValueError):
-        raise ValueError(f"triple must be a Triple, (d, w, r) or a dict, got {triple!r}") from None
-    return Triple(d, w, r)
 
 
 def _criterion_name(criterion) -> str:
@@ -220,8 +44,8 @@ def _criterion_name(criterion) -> str:
 
 def _resized_data(data, criterion, size: tuple[int, int]):
     """The data at the reduced size, if the width criterion reads data (in-memory only)."""
-    from .criteria import get_criterion
     from .data import DataBundle, resize_batch
+    from .dims.criteria import get_criterion
 
     if data is None or not getattr(get_criterion(criterion), "needs_data", False):
         return data
@@ -237,10 +61,26 @@ def _resized_data(data, criterion, size: tuple[int, int]):
     return dataclasses.replace(data, **splits, input_shape=(data.input_shape[0], size[0], size[1]))
 
 
-def _prune_width(
+def count_channels(model: nn.Module, input_size: Sequence[int]) -> int:
+    """Prunable channels of ``model`` at ``input_size``, counted once per coupled group."""
+    from .dims.groups import channel_groups
+
+    return sum(g.size for g in channel_groups(model, torch.zeros(1, *input_size)))
+
+
+def _cut_depth(model: nn.Module, d: float, *, gains, data, input_size, seed: int):
+    """Remove the blocks of least gain: ``(shallower copy, removed names, blocks in base)``."""
+    if d >= 1:
+        return remove_blocks(model, []), [], len(find_blocks(model, input_size=input_size))
+    blocks_total = len(find_blocks(model, input_size=input_size))
+    removed = select_blocks(model, d, gains=gains, data=data, input_size=input_size, seed=seed)
+    return remove_blocks(model, removed), removed, blocks_total
+
+
+def _cut_width(
     model: nn.Module,
     w: float,
-    target_macs: int | None,
+    target_macs: float | None,
     *,
     base_macs: int,
     small_size: tuple[int, int, int],
@@ -248,43 +88,42 @@ def _prune_width(
     data,
     seed: int,
     tolerance: float,
-) -> nn.Module:
-    """Width step of :func:`realise` on the depth-pruned ``model`` (modified in place)."""
-    from .dims.width import prune_width_to_macs, remove_channels, select_channels
+) -> tuple[nn.Module, dict[str, list[int]]]:
+    """Width step of :func:`realise` on the depth-pruned ``model`` (modified in place).
+
+    Without ``target_macs`` a fraction ``w`` of the channels is kept; with it (absolute
+    MACs, counted at the full input size), channels go until the measured MACs are within
+    ``tolerance`` of it. Returns the thinner model and the removal applied.
+    """
+    from .dims.width import remove_channels, select_channels, select_channels_for_macs
 
     example = torch.zeros(1, *small_size)
     if target_macs is None:
         if w >= 1.0:
-            return model
+            return model, {}
         removal = select_channels(
             model, w, example_input=example, criterion=criterion, data=data, seed=seed
         )
-        return remove_channels(model, removal, example_input=example, inplace=True)
-    current = count_macs(model, small_size)
-    target = target_macs / base_macs
-    if abs(current / base_macs - target) <= tolerance * target:
-        return model
-    if current < target_macs:
-        raise ValueError(
-            f"depth and resolution alone already give a MACs ratio of {current / base_macs:.4f}, "
-            f"below the target {target:g}; width can only lower it: raise d or r"
+    else:
+        current_macs = count_macs(model, small_size)
+        if abs(current_macs - target_macs) <= tolerance * target_macs:
+            return model, {}
+        if current_macs < target_macs:
+            raise ValueError(
+                f"depth and resolution alone already give a MACs ratio of "
+                f"{current_macs / base_macs:.4f}, below the target "
+                f"{target_macs / base_macs:g}; width can only lower it: raise d or r"
+            )
+        removal = select_channels_for_macs(
+            model,
+            target_macs / current_macs,
+            input_size=small_size,
+            criterion=criterion,
+            data=data,
+            tolerance=tolerance,
+            seed=seed,
         )
-    return prune_width_to_macs(
-        model,
-        target_macs / current,
-        input_size=small_size,
-        criterion=criterion,
-        data=data,
-        tolerance=tolerance,
-        inplace=True,
-        seed=seed,
-    )
-
-
-def _channel_count(model: nn.Module, small_size: tuple[int, int, int]) -> int:
-    from .dims.width import channel_groups
-
-    return sum(g.size for g in channel_groups(model, torch.zeros(1, *small_size)))
+    return remove_channels(model, removal, example_input=example, inplace=True), removal
 
 
 def realise(
@@ -314,9 +153,9 @@ def realise(
         data-driven width criteria (resized to the reduced resolution when in memory).
     target_flops_ratio : float in (0, 1], optional
         If given, ``w`` is not taken from ``triple``: channels are removed until the
-        measured MACs ratio is within ``tolerance`` (relative) of this target.
+        measured MACs ratio (of ``model``'s MACs) is within ``tolerance`` (relative) of it.
     criterion : str or Criterion
-        Width criterion (see :data:`tridim.criteria.CRITERIA`).
+        Width criterion (see :data:`tridim.dims.criteria.CRITERIA`).
     gains : block gains, optional
         From :func:`tridim.block_gains` (records, their dicts or ``{name: gain}``).
     seed : int
@@ -329,8 +168,10 @@ def realise(
     pruned : ResolutionWrapper
         The pruned network (``pruned.model``) behind its resize (``pruned.size``), always
         wrapped (the wrapper does nothing when ``r`` rounds to the full size); weights are
-        those of ``model``, not finetuned. ``pruned.tridim_plan`` holds the plan.
+        those of ``model``, not finetuned.
     plan : Plan
+        How ``pruned`` was cut from ``model``: save it with the weights
+        (:func:`tridim.save`) to rebuild the architecture later (:func:`apply_plan`).
 
     Raises
     ------
@@ -347,54 +188,34 @@ def realise(
     differs from ``triple.cost`` by that rounding and by how the channels removed are
     spread over cheap and expensive layers.
     """
-    if isinstance(model, ResolutionWrapper):
-        raise TypeError("model is already resolution-wrapped: pass its .model")
-    requested = _as_triple(triple)
-    size = check_input_size(input_size)
-    target = (
-        None
-        if target_flops_ratio is None
-        else check_ratio(target_flops_ratio, "target_flops_ratio")
+    requested, size, target, tolerance = _checked_arguments(
+        model, triple, input_size, target_flops_ratio, tolerance
     )
-    tolerance = float(tolerance)
-    if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
     base_macs = count_macs(model, size)
     pixels = reduced_size(requested.r, size)
     small_size = (size[0], *pixels)
-
-    blocks_total = len(find_blocks(model, input_size=size)) if requested.d < 1 else None
-    removed = (
-        select_blocks(model, requested.d, gains=gains, data=data, input_size=size, seed=seed)
-        if requested.d < 1
-        else []
+    shallow, removed, blocks_total = _cut_depth(
+        model, requested.d, gains=gains, data=data, input_size=size, seed=seed
     )
-    pruned = remove_blocks(model, removed)
-    if blocks_total is None:
-        blocks_total = len(find_blocks(pruned, input_size=size))
-    if hasattr(pruned, "tridim_width_removal"):
-        del pruned.tridim_width_removal  # the plan's removal is relative to this model
-    channels_total = _channel_count(pruned, small_size)
-
-    width_data = _resized_data(data, criterion, pixels)
-    target_macs = None if target is None else target * base_macs
-    pruned = _prune_width(
-        pruned,
+    channels_total = count_channels(shallow, small_size)
+    thin, removal = _cut_width(
+        shallow,
         requested.w,
-        target_macs,
+        None if target is None else target * base_macs,
         base_macs=base_macs,
         small_size=small_size,
         criterion=criterion,
-        data=width_data,
+        data=_resized_data(data, criterion, pixels),
         seed=seed,
         tolerance=tolerance,
     )
-    wrapped = ResolutionWrapper(pruned, pixels, size)
+    wrapped = ResolutionWrapper(thin, pixels, size)
     plan = plan_of(
         model,
         wrapped,
         requested=requested,
         removed_blocks=removed,
+        width_removal=removal,
         blocks_total=blocks_total,
         channels_total=channels_total,
         base_macs=base_macs,
@@ -406,8 +227,19 @@ def realise(
             f"realised MACs ratio {plan.macs_ratio:.4f} misses the target "
             f"{target:g} by more than {tolerance:.0%}"
         )
-    wrapped.tridim_plan = plan
     return wrapped, plan
+
+
+def _checked_arguments(model, triple, input_size, target_flops_ratio, tolerance):
+    if isinstance(model, ResolutionWrapper):
+        raise TypeError("model is already resolution-wrapped: pass its .model")
+    target = None
+    if target_flops_ratio is not None:
+        target = check_ratio(target_flops_ratio, "target_flops_ratio")
+    tolerance = float(tolerance)
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    return as_triple(triple), check_input_size(input_size), target, tolerance
 
 
 def plan_of(
@@ -416,6 +248,7 @@ def plan_of(
     *,
     requested: Triple,
     removed_blocks: Sequence[str],
+    width_removal: Mapping[str, Sequence[int]],
     blocks_total: int,
     channels_total: int,
     base_macs: int,
@@ -424,14 +257,14 @@ def plan_of(
 ) -> Plan:
     """The :class:`Plan` of a model cut from ``base_model``, measured on the cut model.
 
-    ``wrapped.model`` carries the cumulative ``tridim_width_removal`` of its width
-    pruning (if any); ``channels_total`` counts the prunable channels of the
-    depth-pruned base, so ``realised.w`` is the fraction of them kept.
+    ``width_removal`` is the removal relative to the depth-pruned base (cumulative, see
+    :func:`tridim.dims.width.compose_removals`); ``channels_total`` counts the prunable
+    channels of the depth-pruned base, so ``realised.w`` is the fraction of them kept.
     """
-    removal = {k: list(v) for k, v in getattr(wrapped.model, "tridim_width_removal", {}).items()}
+    removal = {k: sorted(int(i) for i in v) for k, v in width_removal.items()}
     channels_kept = channels_total - sum(len(v) for v in removal.values())
     macs = count_macs(wrapped, wrapped.input_size)
-    spec = getattr(base_model, "tridim_spec", None)
+    spec = spec_of(base_model)
     return Plan(
         requested=requested,
         realised=Triple(
@@ -451,7 +284,7 @@ def plan_of(
         macs_ratio=macs / base_macs,
         target_flops_ratio=target_flops_ratio,
         criterion=criterion,
-        base_spec=spec.to_dict() if hasattr(spec, "to_dict") else None,
+        base_spec=spec.to_dict() if spec is not None else None,
     )
 
 
@@ -478,7 +311,7 @@ def apply_plan(
     -------
     ResolutionWrapper
         Same architecture (state-dict keys and shapes) as the model :func:`realise`
-        returned, with ``tridim_plan`` set.
+        returned.
 
     Raises
     ------
@@ -486,6 +319,24 @@ def apply_plan(
         If the base model's spec or input size differ from the plan's, or if the rebuilt
         model's MACs differ from the plan's (the plan does not fit this model).
     """
+    _check_plan_fits(base_model, plan, input_size)
+    model = remove_blocks(base_model, plan.removed_blocks)
+    if plan.width_removal:
+        from .dims.width import remove_channels
+
+        example = torch.zeros(1, plan.input_size[0], *plan.resolution)
+        model = remove_channels(model, plan.width_removal, example_input=example, inplace=True)
+    wrapped = ResolutionWrapper(model, plan.resolution, plan.input_size)
+    macs = count_macs(wrapped, plan.input_size)
+    if macs != plan.macs:
+        raise ValueError(
+            f"the rebuilt model has {macs} MACs, the plan {plan.macs}: the plan "
+            "does not fit this base model"
+        )
+    return wrapped
+
+
+def _check_plan_fits(base_model: nn.Module, plan: Plan, input_size) -> None:
     if not isinstance(plan, Plan):
         raise TypeError(f"plan must be a Plan, got {type(plan).__name__}")
     if isinstance(base_model, ResolutionWrapper):
@@ -494,25 +345,6 @@ def apply_plan(
         raise ValueError(
             f"input_size {tuple(input_size)} differs from the plan's {plan.input_size}"
         )
-    spec = getattr(base_model, "tridim_spec", None)
-    if plan.base_spec is not None and hasattr(spec, "to_dict") and spec.to_dict() != plan.base_spec:
+    spec = spec_of(base_model)
+    if plan.base_spec is not None and spec is not None and spec.to_dict() != plan.base_spec:
         raise ValueError(f"the plan was made for {plan.base_spec}, not {spec.to_dict()}")
-    model = remove_blocks(base_model, plan.removed_blocks)
-    if hasattr(model, "tridim_width_removal"):
-        del model.tridim_width_removal
-    small_size = (plan.input_size[0], *plan.resolution)
-    if plan.width_removal:
-        from .dims.width import remove_channels
-
-        model = remove_channels(
-            model, plan.width_removal, example_input=torch.zeros(1, *small_size), inplace=True
-        )
-    wrapped = ResolutionWrapper(model, plan.resolution, plan.input_size)
-    macs = count_macs(wrapped, plan.input_size)
-    if macs != plan.macs:
-        raise ValueError(
-            f"the rebuilt model has {macs} MACs, the plan {plan.macs}: the plan "
-            "does not fit this base model"
-        )
-    wrapped.tridim_plan = plan
-    return wrapped

@@ -8,10 +8,10 @@ costs of real models live in :mod:`tridim.measure`.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
-__all__ = ["Triple", "Bounds", "flops_cost", "check_ratio"]
+__all__ = ["Triple", "Bounds", "as_triple", "flops_cost", "check_ratio", "check_input_size"]
 
 
 def check_ratio(value: float, name: str) -> float:
@@ -36,6 +36,19 @@ def check_ratio(value: float, name: str) -> float:
     if not math.isfinite(number) or not 0.0 < number <= 1.0:
         raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return number
+
+
+def check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
+    """Validate an image size ``(C, H, W)`` and return it as a tuple of ints."""
+    try:
+        size = tuple(int(v) for v in input_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_size must be (C, H, W), got {input_size!r}") from None
+    if len(size) != 3 or min(size) < 1:
+        raise ValueError(
+            f"input_size must be three positive integers (C, H, W), got {input_size!r}"
+        )
+    return size  # type: ignore[return-value]
 
 
 def flops_cost(d: float, w: float, r: float) -> float:
@@ -103,6 +116,28 @@ class Triple:
         return f"(d={self.d:.3f}, w={self.w:.3f}, r={self.r:.3f})"
 
 
+def as_triple(value) -> Triple:
+    """A :class:`Triple` from a Triple, an object with a ``.triple`` (a Solution or a
+    Plan's ``realised``), a ``{d, w, r}`` mapping or a ``(d, w, r)`` sequence.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` is none of these, or a coordinate is not in (0, 1].
+    """
+    if isinstance(value, Triple):
+        return value
+    if hasattr(value, "triple"):
+        return as_triple(value.triple)
+    if isinstance(value, Mapping):
+        return Triple.from_dict(value)
+    try:
+        d, w, r = value
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a Triple, (d, w, r) or a dict, got {value!r}") from None
+    return Triple(d, w, r)
+
+
 @dataclass(frozen=True)
 class Bounds:
     """Box bounds on (d, w, r): ``lower[i] <= x[i] <= upper[i]``, all within (0, 1]."""
@@ -130,7 +165,3 @@ class Bounds:
         lower = tuple(min(row[i] for row in rows) for i in range(3))
         upper = tuple(max(row[i] for row in rows) for i in range(3))
         return cls(lower, upper)
-
-    def as_pairs(self) -> list[tuple[float, float]]:
-        """Return ``[(d_lo, d_hi), (w_lo, w_hi), (r_lo, r_hi)]`` (scipy's format)."""
-        return list(zip(self.lower, self.upper))

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .atomic import atomic_write
 from .data import DataBundle, resize_batch
 
 __all__ = [
@@ -32,13 +33,14 @@ __all__ = [
     "load_checkpoint",
     "distillation_loss",
     "seed_everything",
+    "check_model_fits_data",
 ]
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the model holds its last good weights."""
+    """A loss or a gradient became NaN or infinite; see :func:`train` for what the model holds."""
 
 
 @dataclass
@@ -52,10 +54,6 @@ class TrainHistory:
     def seconds_per_epoch(self) -> float:
         """Mean wall seconds per epoch."""
         return self.seconds / max(1, len(self.epochs))
-
-    def to_dict(self) -> dict:
-        """JSON-ready copy."""
-        return asdict(self)
 
 
 def seed_everything(seed: int) -> None:
@@ -96,7 +94,21 @@ def _learning_rate(
     return end + 0.5 * (base_lr - end) * (1.0 + math.cos(math.pi * tail))
 
 
-def _check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
+def check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
+    """Raise a clear error if ``model`` cannot take ``data``'s images or classes.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The classifier (its first convolution and last linear layer are checked).
+    data : DataBundle
+        The dataset.
+
+    Raises
+    ------
+    ValueError
+        If the input channels or the number of classes differ.
+    """
     from .measure import input_size_of
 
     expected = input_size_of(model)
@@ -113,14 +125,205 @@ def _check_model_fits_data(model: nn.Module, data: DataBundle) -> None:
         )
 
 
-def _snapshot(model: nn.Module) -> list[torch.Tensor]:
-    return [t.detach().clone() for t in model.state_dict().values()]
+class _BufferGuard:
+    """The model's buffers (BatchNorm running statistics) as they were before a step.
+
+    A forward pass in train mode updates the running statistics, so a step that fails
+    must put them back. Only buffers are copied (into storage allocated once); the
+    parameters are never copied.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = list(model.buffers())
+        self.saved = [b.detach().clone() for b in self.buffers]
+
+    def save(self) -> None:
+        with torch.no_grad():
+            for saved, buffer in zip(self.saved, self.buffers):
+                saved.copy_(buffer)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for buffer, saved in zip(self.buffers, self.saved):
+                buffer.copy_(saved)
 
 
-def _restore(model: nn.Module, snapshot: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for target, saved in zip(model.state_dict().values(), snapshot):
-            target.copy_(saved)
+@dataclass
+class _Loop:
+    """One training run's fixed settings and state shared by its steps and epochs."""
+
+    model: nn.Module
+    data: DataBundle
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    schedule: str
+    lr: float
+    epochs: int
+    total_steps: int
+    batch_size: int
+    seed: int
+    teacher: nn.Module | None
+    distill_weight: float
+    temperature: float
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None
+    resolution: int | tuple[int, int] | None
+    checkpoint_path: str | os.PathLike | None
+    evaluate_each_epoch: bool
+    quiet: bool
+    buffers: _BufferGuard
+
+
+def _check_arguments(epochs: int, schedule: str, lr: float, label_smoothing: float) -> None:
+    """Validate :func:`train`'s numeric and schedule arguments."""
+    if not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+
+
+def _make_optimizer(
+    model: nn.Module, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; no weight decay on BatchNorm weights and biases."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (no_decay if param.dim() <= 1 else decay).append(param)
+    return torch.optim.SGD(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        momentum=momentum,
+        nesterov=momentum > 0,
+    )
+
+
+def _resume(
+    checkpoint_path: str | os.PathLike | None,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: TrainHistory,
+) -> tuple[int, int]:
+    """Load the checkpoint if the file exists; return (first epoch, step) to start from."""
+    if checkpoint_path is None or not Path(checkpoint_path).is_file():
+        return 0, 0
+    state = load_checkpoint(checkpoint_path, model, optimizer)
+    history.epochs = state.get("history", [])
+    return state["epoch"], state["step"]
+
+
+def _step_loss(loop: _Loop, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Forward pass and loss of one batch (cross-entropy, distillation, extra term)."""
+    inputs = resize_batch(images, loop.resolution) if loop.resolution is not None else images
+    logits = loop.model(inputs)
+    loss = loop.criterion(logits, labels)
+    if loop.teacher is not None:
+        with torch.no_grad():
+            teacher_logits = loop.teacher(images)
+        loss = (1.0 - loop.distill_weight) * loss + loop.distill_weight * distillation_loss(
+            logits, teacher_logits, loop.temperature
+        )
+    if loop.extra_loss is not None:
+        loss = loss + loop.extra_loss(loop.model)
+    return loss
+
+
+def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether every gradient the optimiser would apply is finite (one sync)."""
+    checks = [
+        torch.isfinite(param.grad).all()
+        for group in optimizer.param_groups
+        for param in group["params"]
+        if param.grad is not None
+    ]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def _diverged(loop: _Loop, what: str, step: int, epoch: int) -> TrainingDiverged:
+    """Undo the failing step's side effects (gradients, buffers) and describe the failure."""
+    loop.optimizer.zero_grad(set_to_none=True)
+    loop.buffers.restore()
+    return TrainingDiverged(
+        f"{what} at step {step} (epoch {epoch + 1}); the model keeps the weights of the last "
+        "step taken. Lower the learning rate (lr) or check the data."
+    )
+
+
+def _train_step(
+    loop: _Loop, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int
+) -> float:
+    """One optimiser step; returns the batch loss. On divergence, raise without stepping."""
+    for group in loop.optimizer.param_groups:
+        group["lr"] = _learning_rate(loop.schedule, loop.lr, step, loop.total_steps)
+    loop.buffers.save()
+    loss = _step_loss(loop, images, labels)
+    if not torch.isfinite(loss):
+        raise _diverged(loop, f"loss became {loss.item()}", step, epoch)
+    loop.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if not _gradients_finite(loop.optimizer):
+        raise _diverged(loop, "a gradient became NaN or infinite", step, epoch)
+    loop.optimizer.step()
+    return loss.item()
+
+
+def _train_epoch(loop: _Loop, loader, epoch: int, step: int) -> tuple[int, float]:
+    """One pass over ``loader`` (or until the step budget); returns (step, mean loss)."""
+    loop.model.train()
+    running, seen = 0.0, 0
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{loop.epochs}",
+        leave=False,
+        disable=loop.quiet,
+        unit="batch",
+    )
+    for images, labels in bar:
+        if step >= loop.total_steps:
+            break
+        loss = _train_step(loop, images, labels, step, epoch)
+        step += 1
+        running += loss * len(labels)
+        seen += len(labels)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+    return step, running / max(1, seen)
+
+
+def _epoch_record(loop: _Loop, epoch: int, step: int, loss: float, seconds: float) -> dict:
+    """The history entry of one finished epoch (with validation accuracy if asked)."""
+    record = {"epoch": epoch + 1, "loss": loss, "seconds": seconds, "steps": step}
+    if loop.evaluate_each_epoch:
+        record["val_accuracy"] = evaluate(
+            loop.model, loop.data.loader("val", 256), resolution=loop.resolution
+        )
+    return record
+
+
+def _run_epochs(loop: _Loop, history: TrainHistory, loader, first_epoch: int, step: int) -> None:
+    """Train from ``first_epoch`` on, recording (and checkpointing) every epoch."""
+    for epoch in range(first_epoch, loop.epochs):
+        if step >= loop.total_steps:
+            break
+        epoch_start = time.perf_counter()
+        step, loss = _train_epoch(loop, loader, epoch, step)
+        seconds = time.perf_counter() - epoch_start
+        history.epochs.append(_epoch_record(loop, epoch, step, loss, seconds))
+        if loop.checkpoint_path is not None:
+            save_checkpoint(
+                loop.checkpoint_path,
+                loop.model,
+                loop.optimizer,
+                epoch=epoch + 1,
+                step=step,
+                history=history.epochs,
+            )
+        loader = loop.data.loader("train", loop.batch_size, seed=loop.seed + epoch + 1)
 
 
 def train(
@@ -189,111 +392,49 @@ def train(
     Raises
     ------
     TrainingDiverged
-        If a loss is NaN or infinite; the model is left with the last weights that gave
-        a finite loss.
+        If a step's loss, or one of its gradients, is NaN or infinite. That step is not
+        taken: the model's parameters are those left by the last optimiser step taken
+        (every step taken had a finite loss and finite gradients), or the initial ones if
+        the first step failed, and its buffers (BatchNorm running statistics) are
+        restored to their values before the failing step's forward pass. Gradients are
+        cleared; the optimiser state is that of the last step taken.
     """
-    if not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    _check_model_fits_data(model, data)
+    _check_arguments(epochs, schedule, lr, label_smoothing)
+    check_model_fits_data(model, data)
     history = TrainHistory()
     if epochs == 0:
         return history
-
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (no_decay if param.dim() <= 1 else decay).append(param)
-    optimizer = torch.optim.SGD(
-        [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=lr,
-        momentum=momentum,
-        nesterov=momentum > 0,
-    )
-    loader = data.loader("train", batch_size, seed=seed)
-    steps_per_epoch = len(loader)
-    total_steps = epochs * steps_per_epoch
-    if max_steps is not None:
-        total_steps = min(total_steps, int(max_steps))
-    first_epoch, step = 0, 0
-    if checkpoint_path is not None and Path(checkpoint_path).is_file():
-        state = load_checkpoint(checkpoint_path, model, optimizer)
-        first_epoch, step = state["epoch"], state["step"]
-        history.epochs = state.get("history", [])
-        loader = data.loader("train", batch_size, seed=seed + first_epoch)
-
+    optimizer = _make_optimizer(model, lr, momentum, weight_decay)
+    steps = epochs * len(data.loader("train", batch_size, seed=seed))
+    total_steps = steps if max_steps is None else min(steps, int(max_steps))
+    first_epoch, step = _resume(checkpoint_path, model, optimizer, history)
+    loader = data.loader("train", batch_size, seed=seed + first_epoch)
     if teacher is not None:
         teacher.eval()
-    criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    loop = _Loop(
+        model=model,
+        data=data,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(label_smoothing=label_smoothing),
+        schedule=schedule,
+        lr=lr,
+        epochs=epochs,
+        total_steps=total_steps,
+        batch_size=batch_size,
+        seed=seed,
+        teacher=teacher,
+        distill_weight=distill_weight,
+        temperature=temperature,
+        extra_loss=extra_loss,
+        resolution=resolution,
+        checkpoint_path=checkpoint_path,
+        evaluate_each_epoch=evaluate_each_epoch,
+        quiet=quiet,
+        buffers=_BufferGuard(model),
+    )
     torch.manual_seed(seed + first_epoch)
-    last_good = _snapshot(model)
     start_time = time.perf_counter()
-    for epoch in range(first_epoch, epochs):
-        if step >= total_steps:
-            break
-        model.train()
-        epoch_start = time.perf_counter()
-        running, seen = 0.0, 0
-        bar = tqdm(
-            loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=quiet, unit="batch"
-        )
-        for images, labels in bar:
-            if step >= total_steps:
-                break
-            for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(schedule, lr, step, total_steps)
-            inputs = resize_batch(images, resolution) if resolution is not None else images
-            logits = model(inputs)
-            loss = criterion(logits, labels)
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_logits = teacher(images)
-                loss = (1.0 - distill_weight) * loss + distill_weight * distillation_loss(
-                    logits, teacher_logits, temperature
-                )
-            if extra_loss is not None:
-                loss = loss + extra_loss(model)
-            if not torch.isfinite(loss):
-                _restore(model, last_good)
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at step {step} (epoch {epoch + 1}); the model "
-                    "keeps its last good weights. Lower the learning rate (lr) or check the data."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            last_good = _snapshot(model)
-            optimizer.step()
-            step += 1
-            running += loss.item() * len(labels)
-            seen += len(labels)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        record = {
-            "epoch": epoch + 1,
-            "loss": running / max(1, seen),
-            "seconds": time.perf_counter() - epoch_start,
-            "steps": step,
-        }
-        if evaluate_each_epoch:
-            record["val_accuracy"] = evaluate(model, data.loader("val", 256), resolution=resolution)
-        history.epochs.append(record)
-        if checkpoint_path is not None:
-            save_checkpoint(
-                checkpoint_path,
-                model,
-                optimizer,
-                epoch=epoch + 1,
-                step=step,
-                history=history.epochs,
-            )
-        loader = data.loader("train", batch_size, seed=seed + epoch + 1)
+    _run_epochs(loop, history, loader, first_epoch, step)
     history.seconds = time.perf_counter() - start_time
     model.eval()
     return history
@@ -344,14 +485,10 @@ def save_checkpoint(
     The file holds only tensors, numbers, strings, lists and dicts, so
     :func:`load_checkpoint` reads it with ``torch.load(..., weights_only=True)``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"model": model.state_dict(), **meta}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda handle: torch.save(state, handle))
 
 
 def load_checkpoint(

@@ -124,6 +124,110 @@ def _scratch_baseline(model_name, data, target, epochs, seed, quiet):
     return model, best[1], time.perf_counter() - started
 
 
+def _train_base(model_name, data, base_epochs, seed, quiet):
+    """Build and train the base model; return it with its row and its MACs."""
+    size = data.input_shape
+    torch.manual_seed(seed)
+    base = build(model_name, data.num_classes, size[0])
+    base_started = time.perf_counter()
+    train(base, data, base_epochs, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    base_seconds = time.perf_counter() - base_started
+    base.eval()
+    base_macs = count_macs(base, size)
+    base_row = {
+        "name": "base",
+        **_static_metrics(base, data, base_macs),
+        "train_seconds": base_seconds,
+    }
+    return base, base_row, base_macs
+
+
+def _variants(base, data, target, seed) -> dict:
+    """The four pruned (model, plan) pairs: depth, width, resolution, balanced."""
+    size = data.input_shape
+    gains = block_gains(base, data, seed=seed)
+    third = target ** (1 / 3)
+    return {
+        "depth": _depth_only(base, data, target, gains),
+        "width": realise(
+            base, (1.0, 1.0, 1.0), input_size=size, target_flops_ratio=target, seed=seed
+        ),
+        "resolution": _resolution_only(base, data, target),
+        "balanced": realise(
+            base,
+            (third, 1.0, math.sqrt(third)),
+            input_size=size,
+            target_flops_ratio=target,
+            gains=gains,
+            seed=seed,
+        ),
+    }
+
+
+def _finetuned_row(name, model, plan, data, epochs, seed, quiet, base_macs) -> dict:
+    """Finetune one pruned model and describe it (accuracy before and after, plan)."""
+    before = evaluate(model, data.loader("test", 256))
+    tuned_started = time.perf_counter()
+    train(model, data, epochs, lr=FINETUNE_LR, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    return {
+        "name": name,
+        "requested": plan.requested.to_dict(),
+        "realised": plan.realised.to_dict(),
+        "accuracy_before_finetune": before,
+        "finetune_seconds": time.perf_counter() - tuned_started,
+        **_static_metrics(model.eval(), data, base_macs),
+        "plan": plan.to_dict(),
+    }
+
+
+def _scratch_row(model_name, data, target, epochs, seed, quiet, base_macs):
+    """The scratch baseline's model and row."""
+    model, width, seconds = _scratch_baseline(model_name, data, target, epochs, seed, quiet)
+    row = {
+        "name": f"scratch (width x{width:.2f})",
+        "accuracy_before_finetune": None,
+        "finetune_seconds": seconds,
+        **_static_metrics(model.eval(), data, base_macs),
+    }
+    return model, row
+
+
+def _add_latency(models, rows, size, latency_repeats, latency_rounds) -> list[float]:
+    """Time all models round-robin at batch 1 and 64 and add latency and speed-up to rows.
+
+    ``rows[0]`` is the base row. Returns the 1-minute load average before and after.
+    """
+    load_before = os.getloadavg()[0]
+    for batch_size, repeats in ((1, latency_repeats), (64, max(1, latency_repeats // 5))):
+        timings = _interleaved_latency(models, size, batch_size, latency_rounds, repeats)
+        for row, timing in zip(rows, timings):
+            row[f"latency_ms_b{batch_size}"] = timing["median_ms"]
+            row[f"latency_min_ms_b{batch_size}"] = timing["min_ms"]
+    base_row = rows[0]
+    for row in rows:
+        row["speedup_b1"] = base_row["latency_ms_b1"] / row["latency_ms_b1"]
+        row["speedup_b64"] = base_row["latency_ms_b64"] / row["latency_ms_b64"]
+    return [load_before, os.getloadavg()[0]]
+
+
+def _config(data, model_name, target, epochs, base_epochs, seed, latency_rounds, load) -> dict:
+    """The ``config`` entry of the result."""
+    return {
+        "data": data.name,
+        "model": model_name,
+        "target": target,
+        "epochs": epochs,
+        "base_epochs": base_epochs,
+        "seed": seed,
+        "input_size": list(data.input_shape),
+        "finetune_lr": FINETUNE_LR,
+        "threads": torch.get_num_threads(),
+        "macs": "conv + linear multiply-accumulates per image",
+        "latency": f"median over {latency_rounds} interleaved rounds of per-round medians",
+        "load_average": load,
+    }
+
+
 def run_dims_bench(
     data_name: str = "digits",
     model_name: str = "resnet20",
@@ -189,98 +293,26 @@ def run_dims_bench(
         raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
     started = time.perf_counter()
     data = load(data_name, **(data_options or {}))
-    size = data.input_shape
     if base_epochs is None:
         base_epochs = DEFAULT_BASE_EPOCHS.get(data.name, 10)
-
-    torch.manual_seed(seed)
-    base = build(model_name, data.num_classes, size[0])
-    base_started = time.perf_counter()
-    train(base, data, base_epochs, seed=seed, quiet=quiet, evaluate_each_epoch=False)
-    base_seconds = time.perf_counter() - base_started
-    base.eval()
-    base_macs = count_macs(base, size)
-    base_row = {
-        "name": "base",
-        **_static_metrics(base, data, base_macs),
-        "train_seconds": base_seconds,
-    }
-
-    gains = block_gains(base, data, seed=seed)
-    third = target ** (1 / 3)
-    variants = {
-        "depth": _depth_only(base, data, target, gains),
-        "width": realise(
-            base, (1.0, 1.0, 1.0), input_size=size, target_flops_ratio=target, seed=seed
-        ),
-        "resolution": _resolution_only(base, data, target),
-        "balanced": realise(
-            base,
-            (third, 1.0, math.sqrt(third)),
-            input_size=size,
-            target_flops_ratio=target,
-            gains=gains,
-            seed=seed,
-        ),
-    }
+    base, base_row, base_macs = _train_base(model_name, data, base_epochs, seed, quiet)
     rows, models = [], [base]
-    for name, (model, plan) in variants.items():
-        before = evaluate(model, data.loader("test", 256))
-        tuned_started = time.perf_counter()
-        train(
-            model, data, epochs, lr=FINETUNE_LR, seed=seed, quiet=quiet, evaluate_each_epoch=False
-        )
-        rows.append(
-            {
-                "name": name,
-                "requested": plan.requested.to_dict(),
-                "realised": plan.realised.to_dict(),
-                "accuracy_before_finetune": before,
-                "finetune_seconds": time.perf_counter() - tuned_started,
-                **_static_metrics(model.eval(), data, base_macs),
-                "plan": plan.to_dict(),
-            }
-        )
+    for name, (model, plan) in _variants(base, data, target, seed).items():
+        rows.append(_finetuned_row(name, model, plan, data, epochs, seed, quiet, base_macs))
         models.append(model)
-
     if include_scratch and model_name.lower() in CIFAR_RESNET_DEPTHS:
-        model, width, seconds = _scratch_baseline(
-            model_name, data, target, base_epochs + epochs, seed, quiet
+        model, row = _scratch_row(
+            model_name, data, target, base_epochs + epochs, seed, quiet, base_macs
         )
-        rows.append(
-            {
-                "name": f"scratch (width x{width:.2f})",
-                "accuracy_before_finetune": None,
-                "finetune_seconds": seconds,
-                **_static_metrics(model.eval(), data, base_macs),
-            }
-        )
+        rows.append(row)
         models.append(model)
-
-    load_before = os.getloadavg()[0]
-    for batch_size, repeats in ((1, latency_repeats), (64, max(1, latency_repeats // 5))):
-        timings = _interleaved_latency(models, size, batch_size, latency_rounds, repeats)
-        for row, timing in zip([base_row, *rows], timings):
-            row[f"latency_ms_b{batch_size}"] = timing["median_ms"]
-            row[f"latency_min_ms_b{batch_size}"] = timing["min_ms"]
-    for row in [base_row, *rows]:
-        row["speedup_b1"] = base_row["latency_ms_b1"] / row["latency_ms_b1"]
-        row["speedup_b64"] = base_row["latency_ms_b64"] / row["latency_ms_b64"]
+    load_average = _add_latency(
+        models, [base_row, *rows], data.input_shape, latency_repeats, latency_rounds
+    )
     return {
-        "config": {
-            "data": data.name,
-            "model": model_name,
-            "target": target,
-            "epochs": epochs,
-            "base_epochs": base_epochs,
-            "seed": seed,
-            "input_size": list(size),
-            "finetune_lr": FINETUNE_LR,
-            "threads": torch.get_num_threads(),
-            "macs": "conv + linear multiply-accumulates per image",
-            "latency": f"median over {latency_rounds} interleaved rounds of per-round medians",
-            "load_average": [load_before, os.getloadavg()[0]],
-        },
+        "config": _config(
+            data, model_name, target, epochs, base_epochs, seed, latency_rounds, load_average
+        ),
         "base": base_row,
         "rows": rows,
         "seconds": time.perf_counter() - started,

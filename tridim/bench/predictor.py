@@ -1,5 +1,8 @@
 """Benchmark of the accuracy predictor against generic regressors.
 
+:func:`compare_models` compares them on the samples of a run (notebooks, ``tridim report
+--plots``); :func:`run_predictor_bench` is ``tridim bench predictor``.
+
 Compares, by leave-one-out RMSE, the rank-1 and rank-2 low-rank polynomial (MAP) with a
 full cubic polynomial (``PolynomialFeatures(3)`` + ``RidgeCV``) and a Gaussian process,
 on (a) 13 axis-aligned samples, as data collection produces them, from synthetic ground
@@ -16,7 +19,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +32,19 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from tridim.predictor import LowRankPolynomialRegressor
-from tridim.samples import read_samples, samples_to_xy
+from tridim.predictor import LowRankPolynomialRegressor, leave_one_out_residuals
+from tridim.report import as_sample
+from tridim.samples import Sample, read_samples, samples_to_xy
 from tridim.solver import solve
 from tridim.space import Bounds
 
-__all__ = ["run_predictor_bench", "baseline_models", "SURFACES", "axis_aligned_points"]
+__all__ = [
+    "compare_models",
+    "run_predictor_bench",
+    "baseline_models",
+    "SURFACES",
+    "axis_aligned_points",
+]
 
 Surface = Callable[[np.ndarray], np.ndarray]
 
@@ -76,6 +86,52 @@ def baseline_models(seed: int = 0) -> dict[str, Any]:
             kernel, normalize_y=True, n_restarts_optimizer=3, random_state=seed
         ),
     }
+
+
+def compare_models(
+    samples: Iterable[Sample | Mapping[str, Any]],
+    *,
+    models: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Leave-one-out RMSE of the rank-1 MAP against other regressors on the same samples.
+
+    The models are those of :func:`baseline_models`: the rank-1 MAP, a rank-2 MAP with a
+    small ridge penalty, a full cubic polynomial with RidgeCV and a Gaussian process. A
+    model that cannot be fitted on this many samples gets its error message instead of
+    numbers.
+
+    Parameters
+    ----------
+    samples : iterable of Sample or mappings with keys d, w, r, accuracy
+    models : mapping of label to unfitted scikit-learn regressor, optional
+        The models to compare. Default: ``baseline_models(seed)``.
+    seed : int, default=0
+        Seeds the default models.
+
+    Returns
+    -------
+    list of dict
+        One row per model: ``model``, ``n_samples``, ``loo_rmse``, ``train_rmse`` and
+        ``error`` (None unless the model failed); draw them with
+        :func:`tridim.plot.plot_model_comparison`.
+    """
+    X, y = samples_to_xy(as_sample(s) for s in samples)
+    rows = []
+    with warnings.catch_warnings():
+        # A Gaussian process's hyperparameters often sit at a bound on a dozen points.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for label, model in (baseline_models(seed) if models is None else models).items():
+            row: dict[str, Any] = {"model": label, "n_samples": len(y)}
+            try:
+                loo = leave_one_out_residuals(model, X, y)
+                fitted = clone(model).fit(X, y).predict(X)
+            except ValueError as error:
+                row.update(loo_rmse=None, train_rmse=None, error=str(error))
+            else:
+                row.update(loo_rmse=_rms(loo), train_rmse=_rms(y - fitted), error=None)
+            rows.append(row)
+    return rows
 
 
 def axis_aligned_points(target: float = 0.3, rounds: int = 4) -> np.ndarray:
@@ -166,7 +222,7 @@ class _Truth:
 def _evaluate(model: Any, X: np.ndarray, y: np.ndarray, target: float, box: Bounds) -> dict:
     row: dict[str, Any] = {"n_samples": len(y), "error": None}
     try:
-        row["loo_rmse"] = _rms(_loo_residuals(model, X, y))
+        row["loo_rmse"] = _rms(leave_one_out_residuals(model, X, y))
         start = time.perf_counter()
         fitted = clone(model).fit(X, y)
         row["fit_seconds"] = time.perf_counter() - start
@@ -182,17 +238,6 @@ def _evaluate(model: Any, X: np.ndarray, y: np.ndarray, target: float, box: Boun
     except ValueError as error:
         row["error"] = f"solve: {error}"
     return row
-
-
-def _loo_residuals(model: Any, X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    residuals = np.empty(len(y))
-    keep = np.ones(len(y), dtype=bool)
-    for i in range(len(y)):
-        keep[i] = False
-        refit = clone(model).fit(X[keep], y[keep])
-        residuals[i] = y[i] - refit.predict(X[i : i + 1])[0]
-        keep[i] = True
-    return residuals
 
 
 def _rms(values: np.ndarray) -> float:

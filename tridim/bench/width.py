@@ -12,9 +12,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..criteria import CRITERIA, MOLCHANOV_REFERENCE, criterion_oracle_correlation
 from ..data import load
-from ..dims.width import channel_groups, prune_iteratively, prune_width_to_macs
+from ..dims.criteria import CRITERIA, MOLCHANOV_REFERENCE, criterion_oracle_correlation
+from ..dims.groups import channel_groups
+from ..dims.slimming import prune_iteratively
+from ..dims.width import prune_width_to_macs
 from ..measure import count_macs, count_params
 from ..models import CIFAR_RESNET_DEPTHS, build
 from ..space import check_ratio
@@ -65,6 +67,95 @@ def _spread_layers(model, data, count: int = 4) -> list[str]:
     return [roots[i] for i in picks]
 
 
+def _check_epochs(epochs, base_epochs) -> None:
+    """Both epoch counts must be non-negative integers."""
+    if (
+        not isinstance(epochs, int)
+        or epochs < 0
+        or not isinstance(base_epochs, int)
+        or base_epochs < 0
+    ):
+        raise ValueError("epochs and base_epochs must be non-negative integers")
+
+
+def _config(data_name, model_name, target, epochs, base_epochs, seed, size) -> dict:
+    """The ``config`` entry of the result."""
+    return {
+        "data": data_name,
+        "model": model_name,
+        "target": target,
+        "epochs": epochs,
+        "base_epochs": base_epochs,
+        "seed": seed,
+        "input_size": list(size),
+        "macs": "conv + linear MACs (FlopCounterMode FLOPs / 2)",
+    }
+
+
+def _train_base(model_name, data, base_epochs, lr, seed, quiet):
+    """Build and train the base model; return it, its MACs and its summary."""
+    size = data.input_shape
+    start = time.perf_counter()
+    base = build(model_name, data.num_classes, size[0])
+    train(base, data, base_epochs, lr=lr, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    reference_macs = count_macs(base, size)
+    summary = {
+        "accuracy": _accuracy(base, data),
+        "macs": reference_macs,
+        "params": count_params(base),
+        "seconds": time.perf_counter() - start,
+    }
+    return base, reference_macs, summary
+
+
+def _criterion_row(name, base, data, target, reference_macs, epochs, lr, seed) -> dict:
+    """One-shot pruning to the MACs target by one criterion, then finetuning."""
+    size = data.input_shape
+    start = time.perf_counter()
+    pruned = prune_width_to_macs(
+        base, target, input_size=size, criterion=name, data=data, seed=seed
+    )
+    return _row(name, pruned, data, reference_macs, size, epochs, lr, seed, start)
+
+
+def _iterative_row(base, data, target, reference_macs, epochs, lr, seed, quiet) -> dict:
+    """Molchanov's iterative Taylor loop on a copy of the base, then finetuning."""
+    size = data.input_shape
+    start = time.perf_counter()
+    pruned = prune_iteratively(
+        copy.deepcopy(base), data, target, input_size=size, seed=seed, quiet=quiet
+    )
+    return _row("taylor (iterative)", pruned, data, reference_macs, size, epochs, lr, seed, start)
+
+
+def _scratch_row(model_name, data, target, reference_macs, epochs, lr, seed, quiet) -> dict:
+    """A thinner network of the same MACs trained from scratch for ``epochs``."""
+    size = data.input_shape
+    start = time.perf_counter()
+    width = _scratch_width(model_name, data, target, reference_macs)
+    thin = build(model_name, data.num_classes, size[0], width=width)
+    train(thin, data, epochs, lr=lr, seed=seed, quiet=quiet, evaluate_each_epoch=False)
+    acc = _accuracy(thin, data)
+    return {
+        "criterion": f"scratch (width x{width:.2f})",
+        "macs_ratio": count_macs(thin, size) / reference_macs,
+        "params": count_params(thin),
+        "acc_before_finetune": None,
+        "acc_after": acc,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _oracle(base, data, criteria, oracle_layers, oracle_batches, seed) -> dict | None:
+    """Spearman correlation of each criterion with the oracle (None if 0 batches)."""
+    if not oracle_batches:
+        return None
+    layers = list(oracle_layers) if oracle_layers is not None else _spread_layers(base, data)
+    return criterion_oracle_correlation(
+        base, data, criteria=criteria, layers=layers, n_batches=oracle_batches, seed=seed
+    )
+
+
 def run_width_bench(
     data_name: str = "digits",
     model_name: str = "resnet20",
@@ -103,7 +194,7 @@ def run_width_bench(
         Hide progress bars.
     oracle_layers : sequence of str, optional
         Group roots for the oracle table (default: four groups spread from the first to
-        the last; see :func:`tridim.criteria.criterion_oracle_correlation` for the cost).
+        the last; see :func:`tridim.dims.criteria.criterion_oracle_correlation` for the cost).
     criteria : sequence of str
         Criteria to compare (one row each).
     iterative : bool
@@ -127,97 +218,24 @@ def run_width_bench(
         is measured after the SGD updates interleaved with pruning.
     """
     target = check_ratio(target, "target")
-    if (
-        not isinstance(epochs, int)
-        or epochs < 0
-        or not isinstance(base_epochs, int)
-        or base_epochs < 0
-    ):
-        raise ValueError("epochs and base_epochs must be non-negative integers")
+    _check_epochs(epochs, base_epochs)
     data = load(data_name, **(data_options or {}))
-    size = data.input_shape
-    config = {
-        "data": data_name,
-        "model": model_name,
-        "target": target,
-        "epochs": epochs,
-        "base_epochs": base_epochs,
-        "seed": seed,
-        "input_size": list(size),
-        "macs": "conv + linear MACs (FlopCounterMode FLOPs / 2)",
-    }
-
-    start = time.perf_counter()
-    base = build(model_name, data.num_classes, size[0])
-    train(base, data, base_epochs, lr=lr, seed=seed, quiet=quiet, evaluate_each_epoch=False)
-    reference_macs = count_macs(base, size)
-    result = {
-        "config": config,
-        "base": {
-            "accuracy": _accuracy(base, data),
-            "macs": reference_macs,
-            "params": count_params(base),
-            "seconds": time.perf_counter() - start,
-        },
-        "rows": [],
-        "reference": REFERENCE,
-    }
-
+    config = _config(data_name, model_name, target, epochs, base_epochs, seed, data.input_shape)
+    base, reference_macs, summary = _train_base(model_name, data, base_epochs, lr, seed, quiet)
+    result = {"config": config, "base": summary, "rows": [], "reference": REFERENCE}
     for name in criteria:
-        start = time.perf_counter()
-        pruned = prune_width_to_macs(
-            base, target, input_size=size, criterion=name, data=data, seed=seed
-        )
         result["rows"].append(
-            _row(name, pruned, data, reference_macs, size, epochs, finetune_lr, seed, start)
+            _criterion_row(name, base, data, target, reference_macs, epochs, finetune_lr, seed)
         )
     if iterative:
-        start = time.perf_counter()
-        pruned = prune_iteratively(
-            copy.deepcopy(base), data, target, input_size=size, seed=seed, quiet=quiet
-        )
         result["rows"].append(
-            _row(
-                "taylor (iterative)",
-                pruned,
-                data,
-                reference_macs,
-                size,
-                epochs,
-                finetune_lr,
-                seed,
-                start,
-            )
+            _iterative_row(base, data, target, reference_macs, epochs, finetune_lr, seed, quiet)
         )
     if scratch and model_name.lower() in CIFAR_RESNET_DEPTHS:
-        start = time.perf_counter()
-        width = _scratch_width(model_name, data, target, reference_macs)
-        thin = build(model_name, data.num_classes, size[0], width=width)
-        train(
-            thin,
-            data,
-            base_epochs + epochs,
-            lr=lr,
-            seed=seed,
-            quiet=quiet,
-            evaluate_each_epoch=False,
-        )
-        acc = _accuracy(thin, data)
         result["rows"].append(
-            {
-                "criterion": f"scratch (width x{width:.2f})",
-                "macs_ratio": count_macs(thin, size) / reference_macs,
-                "params": count_params(thin),
-                "acc_before_finetune": None,
-                "acc_after": acc,
-                "seconds": time.perf_counter() - start,
-            }
+            _scratch_row(
+                model_name, data, target, reference_macs, base_epochs + epochs, lr, seed, quiet
+            )
         )
-
-    result["oracle"] = None
-    if oracle_batches:
-        layers = list(oracle_layers) if oracle_layers is not None else _spread_layers(base, data)
-        result["oracle"] = criterion_oracle_correlation(
-            base, data, criteria=criteria, layers=layers, n_batches=oracle_batches, seed=seed
-        )
+    result["oracle"] = _oracle(base, data, criteria, oracle_layers, oracle_batches, seed)
     return result

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -196,21 +196,29 @@ def find_blocks(
     size = _default_input_size(model, input_size)
     candidates = _candidate_blocks(model, extra)
     modules = dict(model.named_modules())
-    seen: dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]] = {}
-    handles = []
+    seen = _block_shapes(model, {name: modules[name] for name in candidates}, size)
+    blocks = []
+    for name, calls in seen.items():
+        shapes_match = all(inp == out for inp, out in calls)
+        removable = shapes_match and _has_identity_shortcut(modules[name], candidates[name])
+        blocks.append(Block(name, type(modules[name]).__name__, removable, *calls[0]))
+    return blocks
 
-    def make_hook(name: str):
-        def hook(_module, inputs, output):
-            if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
-                shapes = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
-            else:
-                shapes = ((), (-1,))  # not a tensor-to-tensor block: never removable
-            seen.setdefault(name, []).append(shapes)
 
-        return hook
+_Shapes = tuple[tuple[int, ...], tuple[int, ...]]
 
-    for name in candidates:
-        handles.append(modules[name].register_forward_hook(make_hook(name)))
+
+def _block_shapes(
+    model: nn.Module, candidates: dict[str, nn.Module], size: tuple[int, ...]
+) -> dict[str, list[_Shapes]]:
+    """Per candidate the forward pass calls, in call order: its (input, output) shapes.
+
+    Runs ``model`` once in eval mode (mode restored) on a zero batch of ``size``.
+    """
+    seen: dict[str, list[_Shapes]] = {}
+    handles = [
+        module.register_forward_hook(_shape_hook(seen, name)) for name, module in candidates.items()
+    ]
     was_training = model.training
     model.eval()
     try:
@@ -225,12 +233,18 @@ def find_blocks(
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    blocks = []
-    for name, calls in seen.items():
-        shapes_match = all(inp == out for inp, out in calls)
-        removable = shapes_match and _has_identity_shortcut(modules[name], candidates[name])
-        blocks.append(Block(name, type(modules[name]).__name__, removable, *calls[0]))
-    return blocks
+    return seen
+
+
+def _shape_hook(seen: dict[str, list[_Shapes]], name: str):
+    def hook(_module, inputs, output):
+        if inputs and isinstance(inputs[0], torch.Tensor) and isinstance(output, torch.Tensor):
+            shapes = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
+        else:
+            shapes = ((), (-1,))  # not a tensor-to-tensor block: never removable
+        seen.setdefault(name, []).append(shapes)
+
+    return hook
 
 
 def minimum_depth(blocks: Sequence[Block]) -> float:
@@ -399,6 +413,19 @@ def block_gains(
         raise ValueError("the model has no residual blocks to score")
     features = _collect_features(model, blocks, images)
     fit, score = _split_probe(labels, seed)
+
+    def probe(x: torch.Tensor) -> tuple[float, float]:
+        return _probe_score(x, labels, fit, score, seed)
+
+    return _gains_in_order(blocks, features, probe)
+
+
+def _gains_in_order(
+    blocks: Sequence[Block],
+    features: dict[str, _BlockFeatures],
+    probe: Callable[[torch.Tensor], tuple[float, float]],
+) -> list[BlockGain]:
+    """Probe every block's input and output, reusing a score when the features repeat."""
     records: list[BlockGain] = []
     previous: tuple[torch.Tensor, tuple[float, float]] | None = None
     for block in blocks:
@@ -407,11 +434,8 @@ def block_gains(
         if previous is not None and torch.equal(previous[0], before):
             scored_before = previous[1]
         else:
-            scored_before = _probe_score(before, labels, fit, score, seed)
-        if torch.equal(before, after):
-            scored_after = scored_before
-        else:
-            scored_after = _probe_score(after, labels, fit, score, seed)
+            scored_before = probe(before)
+        scored_after = scored_before if torch.equal(before, after) else probe(after)
         previous = (after, scored_after)
         records.append(
             BlockGain(

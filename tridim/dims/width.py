@@ -2,19 +2,25 @@
 
 tridim decides *which* channels go; Torch-Pruning's dependency graph removes them
 physically, handling residual adds, concatenations, depthwise convolutions and SE blocks.
-Pruning is split in two so that it can be replayed on a fresh copy of the architecture:
+Pruning is split into selection and removal so that it can be replayed on a fresh copy of
+the architecture:
 
-- :func:`select_channels` ranks the channels and returns a *removal*: a plain dict
-  ``{root layer name: sorted output-channel indices to remove}``, one entry per coupled
-  channel group, keyed by the group's root (the first layer, in ``named_modules`` order,
-  whose output channels are the group's).
+- :func:`select_channels` (keep a fraction ``w`` of the channels) and
+  :func:`select_channels_for_macs` (reach a MACs ratio) rank the channels and return a
+  *removal*: a plain dict ``{root layer name: sorted output-channel indices to remove}``,
+  one entry per coupled channel group, keyed by the group's root (the first layer, in
+  ``named_modules`` order, whose output channels are the group's). A removal refers to
+  the channels of the model it was selected on.
 - :func:`remove_channels` applies a removal. The same removal applied to a fresh model of
   the same (possibly depth-pruned) architecture gives the same architecture, so a pruned
   model is saved as "base model + removal + weights".
+- :func:`compose_removals` expresses a removal selected on an already thinner model
+  relative to its full-width architecture, so successive prunings replay in one call.
 
-Every pruned model carries ``model.tridim_width_removal``: the cumulative removal
-relative to the full-width architecture (successive prunings are composed), ready to be
-replayed in one call on a fresh model.
+:func:`prune_width` and :func:`prune_width_to_macs` select and remove in one call and
+return only the model; call the ``select_*`` function and :func:`remove_channels` instead
+when the removal is needed. The channel groups themselves come from
+:mod:`tridim.dims.groups`, the importance criteria from :mod:`tridim.dims.criteria`.
 
 ``w`` is the fraction of the prunable channels kept, counted once per coupled group and
 ranked globally across layers (Network Slimming). Layers are never emptied (each group
@@ -28,212 +34,106 @@ import copy
 import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from ..criteria import ChannelGroup, Criterion, GroupMember, _layer_geometry, get_criterion
-from ..measure import check_input_size, count_macs
-from ..space import check_ratio
+from ..measure import count_macs
+from ..space import check_input_size, check_ratio
+from .criteria import Criterion, get_criterion
+from .groups import ChannelGroup, GroupMember, analyse, layer_geometry, layer_kind
 
 __all__ = [
-    "channel_groups",
     "select_channels",
+    "select_channels_for_macs",
     "remove_channels",
+    "compose_removals",
     "prune_width",
     "prune_width_to_macs",
-    "prune_iteratively",
-    "bn_l1_penalty",
-    "sparsity_strength",
-    "compose_removals",
     "DEFAULT_MIN_KEEP",
 ]
 
 #: Each group keeps at least this fraction of its channels (and at least one).
 DEFAULT_MIN_KEEP = 0.05
 
-_LAYER_KINDS = (
-    (nn.modules.conv._ConvNd, "conv"),
-    (nn.Linear, "linear"),
-    (nn.modules.batchnorm._BatchNorm, "bn"),
-)
+#: A removal: ``{root layer name: sorted output-channel indices}``.
+Removal = dict[str, list[int]]
 
 
 # ----------------------------------------------------------------------------------------
-# dependency graph -> channel groups
+# validation (shared with tridim.dims.slimming)
 
 
-def _tp():
-    import torch_pruning as tp
-
-    return tp
-
-
-def _kind(module) -> str:
-    for cls, kind in _LAYER_KINDS:
-        if isinstance(module, cls):
-            return kind
-    return "other"
-
-
-def _ignored_names(model: nn.Module, ignored_layers) -> set[str]:
-    if ignored_layers is None:
-        return set()
-    if isinstance(ignored_layers, (str, nn.Module)):
-        ignored_layers = [ignored_layers]
-    by_module = {module: name for name, module in model.named_modules()}
-    names = set()
-    for layer in ignored_layers:
-        if isinstance(layer, nn.Module):
-            if layer not in by_module:
-                raise ValueError(f"ignored layer {type(layer).__name__} is not part of the model")
-            names.add(by_module[layer])
-        elif isinstance(layer, str):
-            try:
-                model.get_submodule(layer)
-            except AttributeError:
-                raise ValueError(f"ignored layer {layer!r} is not a module of the model") from None
-            names.add(layer)
-        else:
-            raise TypeError(f"ignored_layers must hold module names or modules, got {layer!r}")
-    # ignoring a container ignores everything inside it
-    return (
-        {n for n, _ in model.named_modules() if any(n == i or n.startswith(i + ".") for i in names)}
-        if names
-        else names
-    )
-
-
-def _check_supported(model: nn.Module, ignored: set[str]) -> None:
-    tp = _tp()
-    handled = set(tp.pruner.function.PrunerBox) - {tp.ops.OPTYPE.PARAMETER}
-    for name, module in model.named_modules():
-        if name in ignored or not list(module.parameters(recurse=False)):
-            continue
-        if tp.ops.module2type(module) not in handled:
-            raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) holds parameters that the "
-                "dependency graph cannot prune; pass ignored_layers=[{name!r}] to leave the "
-                "channels around it untouched".replace("{name!r}", repr(name))
-            )
-
-
-def _build_graph(model: nn.Module, example_input: torch.Tensor):
-    tp = _tp()
-    if not isinstance(example_input, torch.Tensor):
-        raise TypeError("example_input must be a tensor batch, e.g. torch.randn(1, C, H, W)")
-    was_training = model.training
-    model.eval()  # tracing runs a forward pass: never update BN statistics
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, verbose=False
-            )
-    finally:
-        model.train(was_training)
-
-
-def _analyse(model: nn.Module, example_input: torch.Tensor, ignored_layers=None):
-    """Build the dependency graph and the prunable channel groups, in module order."""
-    tp = _tp()
-    ignored = _ignored_names(model, ignored_layers)
-    _check_supported(model, ignored)
-    graph = _build_graph(model, example_input)
-    names = {module: name for name, module in model.named_modules()}
-    owners = {
-        p: name.rsplit(".", 1)[0] if "." in name else "" for name, p in model.named_parameters()
-    }
-    order = {name: i for i, name in enumerate(names.values())}
-    groups = []
-    root_types = (tp.ops.TORCH_CONV, tp.ops.TORCH_LINEAR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        raw_groups = list(graph.get_all_groups(root_module_types=root_types))
-    for raw in raw_groups:
-        group = _convert_group(graph, raw, names, owners, order)
-        if group is not None and not any(m.name in ignored for m in group.members):
-            groups.append(group)
-    groups.sort(key=lambda g: order[g.root])
-    return graph, groups
-
-
-def _convert_group(graph, raw, names, owners, order) -> ChannelGroup | None:
-    tp = _tp()
-    merged: dict[tuple[str, bool], dict[int, int]] = {}
-    kinds: dict[str, tuple[str, bool]] = {}
-    for item in raw:
-        node = item.dep.target
-        out = graph.is_out_channel_pruning_fn(item.dep.handler)
-        if out and not node.outputs and node.type != tp.ops.OPTYPE.PARAMETER:
-            return None  # reaches the model output: the classifier's outputs stay
-        module = node.module
-        if isinstance(module, nn.Parameter):
-            name = owners.get(module)
-        else:
-            name = names.get(module)
-        if name is None:
-            continue  # functional ops (add, cat, reshape) have no weights
-        depthwise = node.type == tp.ops.OPTYPE.DEPTHWISE_CONV
-        if depthwise:
-            out = True
-        kinds[name] = (_kind(module), depthwise)
-        mapping = merged.setdefault((name, out), {})
-        for idx, root in zip(item.idxs, item.root_idxs):
-            mapping.setdefault(int(idx), int(root))
-    size = len(raw[0].idxs)
-    members = tuple(
-        GroupMember(
-            name, kinds[name][0], out, tuple(mapping), tuple(mapping.values()), kinds[name][1]
-        )
-        for (name, out), mapping in merged.items()
-    )
-    producers = [
-        m for m in members if m.out and m.kind in ("conv", "linear") and m.idxs == m.root_idxs
-    ]
-    if not producers:
-        return None
-    root = min(producers, key=lambda m: order[m.name]).name
-    return ChannelGroup(root, size, members)
-
-
-def channel_groups(
-    model: nn.Module,
-    example_input: torch.Tensor,
-    ignored_layers: Iterable[str | nn.Module] | None = None,
-) -> list[ChannelGroup]:
-    """The prunable coupled channel groups of a model, in module order.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model (traced once in eval mode; its mode is restored).
-    example_input : torch.Tensor
-        A batch the model accepts, e.g. ``torch.randn(1, C, H, W)``.
-    ignored_layers : iterable of str or nn.Module, optional
-        Layers whose channels must stay: every group touching them is left out.
-
-    Returns
-    -------
-    list of ChannelGroup
-        Groups reaching the model output (the classifier's outputs) are not included.
-
-    Raises
-    ------
-    ValueError
-        If a layer holds parameters the dependency graph cannot prune (the message names
-        it); pass it in ``ignored_layers`` to prune around it.
-    """
-    return _analyse(model, example_input, ignored_layers)[1]
-
-
-# ----------------------------------------------------------------------------------------
-# selection
-
-
-def _check_min_keep(min_keep: float) -> float:
+def check_min_keep(min_keep: float) -> float:
+    """``min_keep`` as a float in (0, 1], or ValueError."""
     return check_ratio(min_keep, "min_keep")
+
+
+def check_tolerance(tolerance: float) -> float:
+    """``tolerance`` as a float in (0, 1), or ValueError."""
+    tolerance = float(tolerance)
+    if not 0 < tolerance < 1:
+        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
+    return tolerance
+
+
+def example_for(input_size: Sequence[int], seed: int = 0) -> torch.Tensor:
+    """A seeded random batch of one example of ``input_size`` (global RNG untouched)."""
+    size = check_input_size(input_size)
+    return torch.randn(1, *size, generator=torch.Generator().manual_seed(seed))
+
+
+# ----------------------------------------------------------------------------------------
+# ranking
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """A model's channel groups scored by a criterion, for one selection.
+
+    Attributes
+    ----------
+    graph : torch_pruning.DependencyGraph
+        The dependency graph of the model the ranking was made on.
+    groups : list of ChannelGroup
+        Its prunable groups.
+    scores : list of numpy.ndarray or None
+        Per group, one score per channel (None: the criterion cannot score the group).
+    candidates : list of (int, int)
+        Removable ``(group index, channel)`` pairs, least important first; each group's
+        ``min_keep`` floor of most important channels is left out.
+    """
+
+    graph: object
+    groups: list[ChannelGroup]
+    scores: list
+    candidates: list[tuple[int, int]]
+
+    @property
+    def scored_total(self) -> int:
+        """Channels of the groups the criterion scores."""
+        return sum(g.size for g, s in zip(self.groups, self.scores) if s is not None)
+
+    def removal(self, chosen: Iterable[tuple[int, int]]) -> Removal:
+        """The removal of the chosen ``(group index, channel)`` pairs."""
+        return _as_removal(self.groups, chosen)
+
+
+def _as_removal(groups: Sequence[ChannelGroup], chosen: Iterable[tuple[int, int]]) -> Removal:
+    removal: Removal = {}
+    for gi, channel in chosen:
+        removal.setdefault(groups[gi].root, []).append(channel)
+    return {root: sorted(idxs) for root, idxs in removal.items()}
+
+
+def _score(model, groups, criterion, data, seed):
+    scorer = get_criterion(criterion)
+    scores = scorer(model, groups, data=data, seed=seed)
+    if all(s is None for s in scores):
+        raise ValueError(f"criterion {scorer.name!r} cannot score any channel group of this model")
+    return scores
 
 
 def _ranked_candidates(groups: Sequence[ChannelGroup], scores, min_keep: float):
@@ -250,31 +150,26 @@ def _ranked_candidates(groups: Sequence[ChannelGroup], scores, min_keep: float):
     return [(gi, channel) for _, gi, channel in entries]
 
 
-def _scored_total(groups: Sequence[ChannelGroup], scores) -> int:
-    return sum(g.size for g, s in zip(groups, scores) if s is not None)
-
-
-def _as_removal(groups: Sequence[ChannelGroup], chosen) -> dict[str, list[int]]:
-    removal: dict[str, list[int]] = {}
-    for gi, channel in chosen:
-        removal.setdefault(groups[gi].root, []).append(channel)
-    return {root: sorted(idxs) for root, idxs in removal.items()}
-
-
-def _score(model, groups, criterion, data, seed):
-    scorer = get_criterion(criterion)
-    scores = scorer(model, groups, data=data, seed=seed)
-    if all(s is None for s in scores):
-        raise ValueError(f"criterion {scorer.name!r} cannot score any channel group of this model")
-    return scores
-
-
-def _select(model, groups, w, criterion, data, seed, min_keep):
+def rank_channels(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    criterion: str | Criterion,
+    data,
+    ignored_layers,
+    seed: int,
+    min_keep: float,
+) -> Ranking:
+    """Trace ``model``, score its channel groups and rank the removable channels."""
+    graph, groups = analyse(model, example_input, ignored_layers)
     scores = _score(model, groups, criterion, data, seed)
-    candidates = _ranked_candidates(groups, scores, min_keep)
-    total = _scored_total(groups, scores)
-    count = min(total - int(round(w * total)), len(candidates))
-    return _as_removal(groups, candidates[:count])
+    return Ranking(graph, groups, scores, _ranked_candidates(groups, scores, min_keep))
+
+
+def _keep_fraction(ranking: Ranking, w: float) -> Removal:
+    """Remove the least important channels so that a fraction ``w`` stays."""
+    total = ranking.scored_total
+    count = min(total - int(round(w * total)), len(ranking.candidates))
+    return ranking.removal(ranking.candidates[:count])
 
 
 def select_channels(
@@ -287,20 +182,20 @@ def select_channels(
     ignored_layers: Iterable[str | nn.Module] | None = None,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
-) -> dict[str, list[int]]:
+) -> Removal:
     """Choose the channels to remove so that a fraction ``w`` of them is kept.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The model (unchanged).
+        The model (its architecture and weights are not changed).
     w : float in (0, 1]
         Fraction of the prunable channels to keep, counted once per coupled group over
         the groups the criterion can score, ranked globally across layers.
     example_input : torch.Tensor
         A batch the model accepts, used to trace it.
     criterion : str or Criterion
-        A name from :data:`tridim.criteria.CRITERIA` (default ``"bn_scale"``) or an
+        A name from :data:`tridim.dims.criteria.CRITERIA` (default ``"bn_scale"``) or an
         instance (e.g. ``get_criterion("taylor", flops_lambda=1e-3)``).
     data : DataBundle or iterable of (images, labels), optional
         Required by data-driven criteria (``taylor``, ``activation_mean``,
@@ -316,27 +211,51 @@ def select_channels(
     Returns
     -------
     dict
-        ``{root layer name: sorted output-channel indices to remove}``; groups losing no
-        channel are absent.
+        ``{root layer name: sorted output-channel indices to remove}``, indices of
+        ``model``'s channels; groups losing no channel are absent. Apply it with
+        :func:`remove_channels`.
     """
     w = check_ratio(w, "w")
-    min_keep = _check_min_keep(min_keep)
-    _, groups = _analyse(model, example_input, ignored_layers)
-    return _select(model, groups, w, criterion, data, seed, min_keep)
+    min_keep = check_min_keep(min_keep)
+    ranking = rank_channels(model, example_input, criterion, data, ignored_layers, seed, min_keep)
+    return _keep_fraction(ranking, w)
 
 
 # ----------------------------------------------------------------------------------------
 # removal
 
 
-def _validate_removal(model, groups, removal) -> list[tuple[int, list[int]]]:
-    """Check names and indices; return (group index, root indices) per entry."""
-    if not isinstance(removal, dict):
-        raise TypeError("removal must be a dict {layer name: [channel indices]}")
+def _producers(groups: Sequence[ChannelGroup]) -> dict[str, tuple[int, GroupMember]]:
+    """Layer name -> (group index, member) for every producer of every group."""
     producer_of: dict[str, tuple[int, GroupMember]] = {}
     for gi, group in enumerate(groups):
         for member in group.producers:
             producer_of.setdefault(member.name, (gi, member))
+    return producer_of
+
+
+def _checked_indices(name: str, member: GroupMember, idxs) -> list[int]:
+    """Sorted unique output-channel indices of ``name``; in range and not all of them."""
+    try:
+        idxs = sorted({int(i) for i in idxs})
+    except (TypeError, ValueError):
+        raise ValueError(f"channel indices for {name!r} must be integers") from None
+    width = len(member.idxs)
+    bad = [i for i in idxs if not 0 <= i < width]
+    if bad:
+        raise ValueError(
+            f"channel indices {bad} out of range for {name!r} ({width} output channels)"
+        )
+    if len(idxs) >= width:
+        raise ValueError(f"cannot remove all {width} channels of {name!r}")
+    return idxs
+
+
+def _validate_removal(groups: Sequence[ChannelGroup], removal) -> list[tuple[int, list[int]]]:
+    """Check names and indices; return (group index, root indices) per entry."""
+    if not isinstance(removal, dict):
+        raise TypeError("removal must be a dict {layer name: [channel indices]}")
+    producer_of = _producers(groups)
     plan, seen = [], {}
     for name, idxs in removal.items():
         if name not in producer_of:
@@ -346,41 +265,75 @@ def _validate_removal(model, groups, removal) -> list[tuple[int, list[int]]]:
                 f"channel group of this model (group roots: {known})"
             )
         gi, member = producer_of[name]
-        group = groups[gi]
         if gi in seen:
             raise ValueError(f"{name!r} and {seen[gi]!r} are the same channel group")
         seen[gi] = name
-        try:
-            idxs = sorted({int(i) for i in idxs})
-        except (TypeError, ValueError):
-            raise ValueError(f"channel indices for {name!r} must be integers") from None
-        width = len(member.idxs)
-        bad = [i for i in idxs if not 0 <= i < width]
-        if bad:
-            raise ValueError(
-                f"channel indices {bad} out of range for {name!r} ({width} output channels)"
-            )
-        if len(idxs) >= width:
-            raise ValueError(f"cannot remove all {width} channels of {name!r}")
+        idxs = _checked_indices(name, member, idxs)
         if idxs:
             mapping = dict(zip(member.idxs, member.root_idxs))
             plan.append((gi, sorted(mapping[i] for i in idxs)))
     return plan
 
 
-def _apply(model, graph, groups, plan) -> dict[str, list[int]]:
+def apply_removal(
+    model: nn.Module, graph, groups: Sequence[ChannelGroup], removal: Removal
+) -> nn.Module:
+    """Validate ``removal`` against ``groups`` and remove the channels from ``model``.
+
+    ``graph`` and ``groups`` are those :func:`~tridim.dims.groups.analyse` gave for
+    ``model`` itself; ``model`` is modified in place and returned.
+    """
+    plan = _validate_removal(groups, removal)
     for gi, root_idxs in plan:
         module = model.get_submodule(groups[gi].root)
         pruner = graph.get_pruner_of_module(module)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             graph.get_pruning_group(module, pruner.prune_out_channels, root_idxs).prune()
-    return {groups[gi].root: idxs for gi, idxs in plan}
+    return model
 
 
-def compose_removals(
-    model: nn.Module, previous: dict[str, list[int]] | None, new: dict[str, list[int]]
-) -> dict[str, list[int]]:
+def remove_channels(
+    model: nn.Module,
+    removal: Removal,
+    *,
+    example_input: torch.Tensor,
+    inplace: bool = False,
+) -> nn.Module:
+    """Physically remove output channels (and everything coupled to them).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; copied first unless ``inplace``.
+    removal : dict
+        ``{layer name: output-channel indices of model}``, as returned by
+        :func:`select_channels` or :func:`select_channels_for_macs` on ``model`` (or on
+        a model of the same architecture, to replay a pruning on a fresh model; see
+        :func:`compose_removals` for successive prunings).
+    example_input : torch.Tensor
+        A batch the model accepts, used to trace it.
+    inplace : bool
+        Modify ``model`` itself.
+
+    Returns
+    -------
+    torch.nn.Module
+        The pruned model.
+
+    Raises
+    ------
+    ValueError
+        For an unknown layer name, a name that is not a prunable group's producer (e.g.
+        the classifier), two names of the same group, an out-of-range index, or a
+        removal that would empty a layer.
+    """
+    target = model if inplace else copy.deepcopy(model)
+    graph, groups = analyse(target, example_input)
+    return apply_removal(target, graph, groups, removal)
+
+
+def compose_removals(model: nn.Module, previous: Removal | None, new: Removal) -> Removal:
     """Express ``new`` (indices of ``model``) relative to the full-width architecture.
 
     Parameters
@@ -397,7 +350,7 @@ def compose_removals(
         A removal that turns the full-width model into the result of both; keys of
         layers no longer in ``model`` (e.g. removed by depth pruning) are dropped.
     """
-    present = {name for name, m in model.named_modules() if _kind(m) in ("conv", "linear")}
+    present = {name for name, m in model.named_modules() if layer_kind(m) in ("conv", "linear")}
     result = {k: list(v) for k, v in (previous or {}).items() if k in present}
     for name, idxs in new.items():
         before = result.get(name, [])
@@ -410,55 +363,6 @@ def compose_removals(
 
 def _out_channels(module: nn.Module) -> int:
     return int(module.out_channels if hasattr(module, "out_channels") else module.out_features)
-
-
-def _remove(model, graph, groups, removal) -> nn.Module:
-    plan = _validate_removal(model, groups, removal)
-    previous = getattr(model, "tridim_width_removal", None)
-    applied = {groups[gi].root: idxs for gi, idxs in plan}
-    composed = compose_removals(model, previous, applied)
-    _apply(model, graph, groups, plan)
-    model.tridim_width_removal = composed
-    return model
-
-
-def remove_channels(
-    model: nn.Module,
-    removal: dict[str, list[int]],
-    *,
-    example_input: torch.Tensor,
-    inplace: bool = False,
-) -> nn.Module:
-    """Physically remove output channels (and everything coupled to them).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model; copied first unless ``inplace``.
-    removal : dict
-        ``{layer name: output-channel indices}`` as returned by :func:`select_channels`
-        (or a previous model's ``tridim_width_removal``, to replay it on a fresh model).
-    example_input : torch.Tensor
-        A batch the model accepts, used to trace it.
-    inplace : bool
-        Modify ``model`` itself.
-
-    Returns
-    -------
-    torch.nn.Module
-        The pruned model, with ``tridim_width_removal`` holding the cumulative removal
-        relative to the full-width architecture.
-
-    Raises
-    ------
-    ValueError
-        For an unknown layer name, a name that is not a prunable group's producer (e.g.
-        the classifier), two names of the same group, an out-of-range index, or a
-        removal that would empty a layer.
-    """
-    target = model if inplace else copy.deepcopy(model)
-    graph, groups = _analyse(target, example_input)
-    return _remove(target, graph, groups, removal)
 
 
 def prune_width(
@@ -481,28 +385,28 @@ def prune_width(
     Returns
     -------
     torch.nn.Module
-        The physically smaller model. ``model.tridim_width_removal`` holds the removal
-        (cumulative, relative to the full-width architecture) for replay with
-        :func:`remove_channels`.
+        The physically smaller model. To also get the removal (e.g. to replay it on a
+        fresh model), call :func:`select_channels` and then :func:`remove_channels`:
+        the result is the same.
 
     Examples
     --------
     >>> import torch
     >>> from tridim.models import build
     >>> model = build("resnet20", num_classes=10, in_channels=1)
-    >>> pruned = prune_width(model, 0.5, example_input=torch.randn(1, 1, 16, 16),
-    ...                      criterion="l1")
-    >>> fresh = remove_channels(build("resnet20", 10, 1), pruned.tridim_width_removal,
-    ...                         example_input=torch.randn(1, 1, 16, 16))
-    >>> [p.shape for p in fresh.parameters()] == [p.shape for p in pruned.parameters()]
+    >>> example = torch.randn(1, 1, 16, 16)
+    >>> removal = select_channels(model, 0.5, example_input=example, criterion="l1")
+    >>> pruned = remove_channels(model, removal, example_input=example)
+    >>> direct = prune_width(model, 0.5, example_input=example, criterion="l1")
+    >>> fresh = remove_channels(build("resnet20", 10, 1), removal, example_input=example)
+    >>> [p.shape for p in fresh.parameters()] == [p.shape for p in direct.parameters()]
     True
     """
     w = check_ratio(w, "w")
-    min_keep = _check_min_keep(min_keep)
+    min_keep = check_min_keep(min_keep)
     target = model if inplace else copy.deepcopy(model)
-    graph, groups = _analyse(target, example_input, ignored_layers)
-    removal = _select(target, groups, w, criterion, data, seed, min_keep)
-    return _remove(target, graph, groups, removal)
+    ranking = rank_channels(target, example_input, criterion, data, ignored_layers, seed, min_keep)
+    return apply_removal(target, ranking.graph, ranking.groups, _keep_fraction(ranking, w))
 
 
 # ----------------------------------------------------------------------------------------
@@ -519,7 +423,7 @@ class _MacsModel:
     """
 
     def __init__(self, model: nn.Module, groups: Sequence[ChannelGroup], example_input):
-        self.geometry = _layer_geometry(model, example_input)
+        self.geometry = layer_geometry(model, example_input)
         self.layers = {name: model.get_submodule(name) for name in self.geometry}
         self.touches: dict[str, list[tuple[int, bool, np.ndarray]]] = {}
         for gi, group in enumerate(groups):
@@ -528,29 +432,27 @@ class _MacsModel:
                     self.touches.setdefault(m.name, []).append((gi, m.out, np.asarray(m.root_idxs)))
 
     def macs(self, removed: dict[int, np.ndarray] | None = None) -> int:
+        """Predicted MACs with ``removed`` ({group index: channels}) taken out."""
         removed = removed or {}
-        total = 0
-        for name, layer in self.layers.items():
-            cut_out = cut_in = 0
-            for gi, out, roots in self.touches.get(name, []):
-                if gi in removed:
-                    count = int(np.isin(roots, removed[gi]).sum())
-                    if out:
-                        cut_out += count
-                    else:
-                        cut_in += count
-            geo = self.geometry[name]
-            if isinstance(layer, nn.Linear):
-                cout, cin, groups = layer.out_features, layer.in_features, 1
-            else:
-                cout, cin, groups = layer.out_channels, layer.in_channels, layer.groups
-            if groups > 1 and groups == cout == cin:  # depthwise: in follows out
-                total += (cout - cut_out) * geo["kernel"] * geo["positions"]
-            else:
-                total += (
-                    (cout - cut_out) * ((cin - cut_in) // groups) * geo["kernel"] * geo["positions"]
-                )
-        return total
+        return sum(self._layer_macs(name, layer, removed) for name, layer in self.layers.items())
+
+    def _layer_macs(self, name: str, layer: nn.Module, removed: dict[int, np.ndarray]) -> int:
+        cut_out = cut_in = 0
+        for gi, out, roots in self.touches.get(name, []):
+            if gi in removed:
+                count = int(np.isin(roots, removed[gi]).sum())
+                if out:
+                    cut_out += count
+                else:
+                    cut_in += count
+        geo = self.geometry[name]
+        if isinstance(layer, nn.Linear):
+            cout, cin, groups = layer.out_features, layer.in_features, 1
+        else:
+            cout, cin, groups = layer.out_channels, layer.in_channels, layer.groups
+        if groups > 1 and groups == cout == cin:  # depthwise: in follows out
+            return (cout - cut_out) * geo["kernel"] * geo["positions"]
+        return (cout - cut_out) * ((cin - cut_in) // groups) * geo["kernel"] * geo["positions"]
 
 
 def _removed_sets(chosen) -> dict[int, np.ndarray]:
@@ -560,29 +462,21 @@ def _removed_sets(chosen) -> dict[int, np.ndarray]:
     return {gi: np.asarray(v) for gi, v in sets.items()}
 
 
-def _search(
-    ratio_of: Callable[[list], float],
-    candidates: list,
-    target: float,
-    tolerance: float,
-    max_trials: int,
-) -> tuple[list, float]:
-    """Choose a prefix of the ranked candidates (skipping a few at the end if needed)."""
-    high, low = target * (1 + tolerance), target * (1 - tolerance)
-    if ratio_of(candidates) > high:
-        return candidates, ratio_of(candidates)
+def _smallest_prefix(ratio_of: Callable[[list], float], candidates: list, target: float) -> int:
+    """Bisection: the length of the smallest prefix whose ratio is at most ``target``."""
     lo, hi = 0, len(candidates)
-    while lo < hi:  # smallest prefix with ratio <= target
+    while lo < hi:
         mid = (lo + hi) // 2
         if ratio_of(candidates[:mid]) <= target:
             hi = mid
         else:
             lo = mid + 1
-    options = [candidates[:k] for k in (lo, lo - 1) if 0 <= k <= len(candidates)]
-    best = min(((abs(ratio_of(o) - target), o) for o in options), key=lambda t: t[0])
-    if best[0] <= tolerance * target:
-        return best[1], ratio_of(best[1])
-    # one channel too many overshoots the band: walk on past it, adding only cheap channels
+    return lo
+
+
+def _walk_past(ratio_of, candidates, lo, best, target, tolerance, max_trials):
+    """From prefix ``lo - 1``, add only the later channels that keep the ratio in band."""
+    low = target * (1 - tolerance)
     chosen = candidates[: max(lo - 1, 0)]
     for trial, candidate in enumerate(candidates[max(lo - 1, 0) :]):
         if trial >= max_trials:
@@ -597,19 +491,45 @@ def _search(
             )
         if best[0] <= tolerance * target:
             break
+    return best
+
+
+def _search(
+    ratio_of: Callable[[list], float],
+    candidates: list,
+    target: float,
+    tolerance: float,
+    max_trials: int,
+) -> tuple[list, float]:
+    """Choose a prefix of the ranked candidates (skipping a few at the end if needed)."""
+    high = target * (1 + tolerance)
+    if ratio_of(candidates) > high:
+        return candidates, ratio_of(candidates)
+    lo = _smallest_prefix(ratio_of, candidates, target)
+    options = [candidates[:k] for k in (lo, lo - 1) if 0 <= k <= len(candidates)]
+    best = min(((abs(ratio_of(o) - target), o) for o in options), key=lambda t: t[0])
+    if best[0] <= tolerance * target:
+        return best[1], ratio_of(best[1])
+    # one channel too many overshoots the band: walk on past it, adding only cheap channels
+    best = _walk_past(ratio_of, candidates, lo, best, target, tolerance, max_trials)
     return best[1], ratio_of(best[1])
 
 
-def _example_for(input_size, seed: int = 0) -> torch.Tensor:
-    size = check_input_size(input_size)
-    return torch.randn(1, *size, generator=torch.Generator().manual_seed(seed))
+def choose_for_macs(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    example_input: torch.Tensor,
+    candidates: list,
+    target: float,
+    tolerance: float,
+    reference_macs: int,
+    input_size: Sequence[int],
+) -> tuple[list, float]:
+    """Pick candidates reaching ``target`` x reference MACs; analytic, else measured.
 
-
-def _choose_for_macs(
-    model, groups, graph_input, candidates, target, tolerance, reference_macs, input_size
-):
-    """Pick candidates reaching ``target`` x reference MACs; analytic, else measured."""
-    predictor = _MacsModel(model, groups, graph_input)
+    Returns the chosen ``(group index, channel)`` pairs and their MACs ratio.
+    """
+    predictor = _MacsModel(model, groups, example_input)
     current = count_macs(model, input_size)
     if abs(predictor.macs() - current) <= 1e-3 * current:
 
@@ -621,20 +541,121 @@ def _choose_for_macs(
 
         def ratio_of(chosen):
             trial = copy.deepcopy(model)
-            trial_graph, trial_groups = _analyse(trial, graph_input)
-            removal = _as_removal(groups, chosen)
-            _remove(trial, trial_graph, trial_groups, removal)
+            trial_graph, trial_groups = analyse(trial, example_input)
+            apply_removal(trial, trial_graph, trial_groups, _as_removal(groups, chosen))
             return count_macs(trial, input_size) / reference_macs
 
         trials = 30
     return _search(ratio_of, candidates, target, tolerance, trials)
 
 
-def _check_tolerance(tolerance: float) -> float:
-    tolerance = float(tolerance)
-    if not 0 < tolerance < 1:
-        raise ValueError(f"tolerance must be in (0, 1), got {tolerance}")
-    return tolerance
+def _check_reached(ratio: float, target_ratio: float, tolerance: float, min_keep: float) -> None:
+    if abs(ratio - target_ratio) > tolerance * target_ratio:
+        raise ValueError(
+            f"could not reach MACs ratio {target_ratio:g} within {tolerance:.0%} by width "
+            f"(got {ratio:.4f}); with min_keep={min_keep:g} the smallest reachable ratio "
+            "is limited by the channels every layer keeps"
+        )
+
+
+def _prune_copy_to_macs(
+    model: nn.Module,
+    target_ratio: float,
+    *,
+    input_size: Sequence[int],
+    criterion: str | Criterion,
+    data,
+    ignored_layers,
+    tolerance: float,
+    seed: int,
+    min_keep: float,
+) -> tuple[Removal, nn.Module]:
+    """Rank once, search the MACs target, prune a copy: ``(removal, pruned copy)``.
+
+    Raises ValueError if the pruned copy's measured ratio is outside the band.
+    """
+    example = example_for(input_size, seed)
+    reference = count_macs(model, input_size)
+    target = copy.deepcopy(model)
+    ranking = rank_channels(target, example, criterion, data, ignored_layers, seed, min_keep)
+    chosen, _ = choose_for_macs(
+        target,
+        ranking.groups,
+        example,
+        ranking.candidates,
+        target_ratio,
+        tolerance,
+        reference,
+        input_size,
+    )
+    removal = ranking.removal(chosen)
+    apply_removal(target, ranking.graph, ranking.groups, removal)
+    _check_reached(count_macs(target, input_size) / reference, target_ratio, tolerance, min_keep)
+    return removal, target
+
+
+def select_channels_for_macs(
+    model: nn.Module,
+    target_ratio: float,
+    *,
+    input_size: Sequence[int],
+    criterion: str | Criterion = "bn_scale",
+    data=None,
+    ignored_layers: Iterable[str | nn.Module] | None = None,
+    tolerance: float = 0.01,
+    seed: int = 0,
+    min_keep: float = DEFAULT_MIN_KEEP,
+) -> Removal:
+    """Choose the channels to remove so that the MACs ratio is within ``tolerance`` of a target.
+
+    The channels are ranked once; the number removed (equivalently ``w``) is found by
+    bisection on the MACs of the pruned architecture, and if one more channel would
+    overshoot the band, later (cheaper) channels of the ranking are tried instead. The
+    result is checked by pruning a copy of ``model`` and counting its MACs.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model (not modified: ranking and the check run on a copy).
+    target_ratio : float in (0, 1]
+        ``count_macs(pruned) / count_macs(model)`` at ``input_size``.
+    input_size : (C, H, W)
+        Input size at which MACs are counted (a seeded random example of this size
+        traces the model).
+    criterion, data, ignored_layers, seed, min_keep
+        As in :func:`select_channels`.
+    tolerance : float
+        Relative tolerance: ``|ratio - target| <= tolerance * target``.
+
+    Returns
+    -------
+    dict
+        The removal, ``{root layer name: sorted output-channel indices of model}``;
+        :func:`remove_channels` applies it (the ratio of the result is then within the
+        band).
+
+    Raises
+    ------
+    ValueError
+        If the target cannot be reached within the tolerance (for instance below the
+        smallest ratio the ``min_keep`` floors allow; the message gives the reachable
+        range).
+    """
+    target_ratio = check_ratio(target_ratio, "target_ratio")
+    tolerance = check_tolerance(tolerance)
+    min_keep = check_min_keep(min_keep)
+    removal, _ = _prune_copy_to_macs(
+        model,
+        target_ratio,
+        input_size=input_size,
+        criterion=criterion,
+        data=data,
+        ignored_layers=ignored_layers,
+        tolerance=tolerance,
+        seed=seed,
+        min_keep=min_keep,
+    )
+    return removal
 
 
 def prune_width_to_macs(
@@ -652,9 +673,8 @@ def prune_width_to_macs(
 ) -> nn.Module:
     """Prune width until the measured MACs ratio is within ``tolerance`` of the target.
 
-    The channels are ranked once; the number removed (equivalently ``w``) is found by
-    bisection on the MACs of the pruned architecture, and if one more channel would
-    overshoot the band, later (cheaper) channels of the ranking are tried instead.
+    Equivalent to :func:`select_channels_for_macs` followed by :func:`remove_channels`;
+    call those two instead when the removal is needed.
 
     Parameters
     ----------
@@ -674,236 +694,29 @@ def prune_width_to_macs(
     Returns
     -------
     torch.nn.Module
-        The pruned model, with ``tridim_width_removal`` (see :func:`prune_width`) and
-        ``tridim_macs_ratio`` (the measured ratio).
+        The pruned model.
 
     Raises
     ------
     ValueError
-        If the target cannot be reached within the tolerance (for instance below the
-        smallest ratio the ``min_keep`` floors allow; the message gives the reachable
-        range).
+        If the target cannot be reached within the tolerance (see
+        :func:`select_channels_for_macs`); ``model`` is then unchanged.
     """
     target_ratio = check_ratio(target_ratio, "target_ratio")
-    tolerance = _check_tolerance(tolerance)
-    min_keep = _check_min_keep(min_keep)
-    example = _example_for(input_size, seed)
-    reference = count_macs(model, input_size)
-    target = model if inplace else copy.deepcopy(model)
-    graph, groups = _analyse(target, example, ignored_layers)
-    scores = _score(target, groups, criterion, data, seed)
-    candidates = _ranked_candidates(groups, scores, min_keep)
-    chosen, _ = _choose_for_macs(
-        target, groups, example, candidates, target_ratio, tolerance, reference, input_size
+    tolerance = check_tolerance(tolerance)
+    min_keep = check_min_keep(min_keep)
+    removal, pruned = _prune_copy_to_macs(
+        model,
+        target_ratio,
+        input_size=input_size,
+        criterion=criterion,
+        data=data,
+        ignored_layers=ignored_layers,
+        tolerance=tolerance,
+        seed=seed,
+        min_keep=min_keep,
     )
-    _remove(target, graph, groups, _as_removal(groups, chosen))
-    ratio = count_macs(target, input_size) / reference
-    if abs(ratio - target_ratio) > tolerance * target_ratio:
-        raise ValueError(
-            f"could not reach MACs ratio {target_ratio:g} within {tolerance:.0%} by width "
-            f"(got {ratio:.4f}); with min_keep={min_keep:g} the smallest reachable ratio "
-            "is limited by the channels every layer keeps"
-        )
-    target.tridim_macs_ratio = ratio
-    return target
-
-
-# ----------------------------------------------------------------------------------------
-# Molchanov's iterative pruning
-
-
-def prune_iteratively(
-    model: nn.Module,
-    data,
-    target_ratio: float,
-    *,
-    input_size: Sequence[int],
-    criterion: str | Criterion = "taylor",
-    channels_per_step: int | None = None,
-    updates_between: int = 30,
-    lr: float = 0.01,
-    batch_size: int = 64,
-    tolerance: float = 0.01,
-    ignored_layers: Iterable[str | nn.Module] | None = None,
-    inplace: bool = False,
-    seed: int = 0,
-    min_keep: float = DEFAULT_MIN_KEEP,
-    quiet: bool = False,
-) -> nn.Module:
-    """Molchanov et al.'s loop: remove a few channels, a few SGD updates, re-score.
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        A trained model; copied first unless ``inplace``.
-    data : DataBundle
-        Training data (criterion batches and the SGD updates).
-    target_ratio : float in (0, 1]
-        Stop when ``count_macs(pruned) / count_macs(model)`` is within ``tolerance``
-        (relative) of it; the last step removes fewer channels if needed.
-    input_size : (C, H, W)
-        Input size at which MACs are counted.
-    criterion : str or Criterion
-        Default ``"taylor"`` (layer-wise L2-normalised).
-    channels_per_step : int, optional
-        Channels removed per step; default 2% of the prunable channels (at least 1).
-        Molchanov remove one per step, which is closest to the paper but slowest.
-    updates_between : int
-        SGD updates (constant ``lr``, batch ``batch_size``) after each removal.
-    lr, batch_size : float, int
-        Of the updates.
-    tolerance, ignored_layers, seed, min_keep
-        As in :func:`prune_width_to_macs`.
-    inplace : bool
-        Modify ``model`` itself.
-    quiet : bool
-        Hide the progress bar.
-
-    Returns
-    -------
-    torch.nn.Module
-        The pruned (and briefly trained) model, with ``tridim_width_removal`` and
-        ``tridim_macs_ratio``.
-    """
-    from tqdm import tqdm
-
-    from ..train import train
-
-    target_ratio = check_ratio(target_ratio, "target_ratio")
-    tolerance = _check_tolerance(tolerance)
-    min_keep = _check_min_keep(min_keep)
-    if not hasattr(data, "loader"):
-        raise TypeError("prune_iteratively needs a DataBundle (from tridim.data.load)")
-    if not isinstance(updates_between, int) or updates_between < 0:
-        raise ValueError(f"updates_between must be a non-negative integer, got {updates_between!r}")
-    if channels_per_step is not None and (
-        not isinstance(channels_per_step, int) or channels_per_step < 1
-    ):
-        raise ValueError(f"channels_per_step must be a positive integer, got {channels_per_step!r}")
-    example = _example_for(input_size, seed)
-    reference = count_macs(model, input_size)
-    current = model if inplace else copy.deepcopy(model)
-    steps_per_epoch = len(data.loader("train", batch_size))
-    ratio, step = 1.0, 0
-    bar = tqdm(
-        total=100,
-        desc=f"prune ({getattr(criterion, 'name', criterion)})",
-        unit="%",
-        disable=quiet,
-        leave=False,
-    )
-    while ratio > target_ratio * (1 + tolerance):
-        graph, groups = _analyse(current, example, ignored_layers)
-        scores = _score(current, groups, criterion, data, seed + step)
-        candidates = _ranked_candidates(groups, scores, min_keep)
-        if not candidates:
-            bar.close()
-            raise ValueError(
-                f"no channel left to remove at MACs ratio {ratio:.4f} "
-                f"(target {target_ratio:g}); lower min_keep"
-            )
-        per_step = channels_per_step or max(1, round(0.02 * _scored_total(groups, scores)))
-        chosen, _ = _choose_for_macs(
-            current,
-            groups,
-            example,
-            candidates[:per_step],
-            target_ratio,
-            tolerance,
-            reference,
-            input_size,
-        )
-        if not chosen:
-            chosen, _ = _choose_for_macs(
-                current, groups, example, candidates, target_ratio, tolerance, reference, input_size
-            )
-        if not chosen:
-            bar.close()
-            raise ValueError(
-                f"cannot get closer to MACs ratio {target_ratio:g} "
-                f"than {ratio:.4f} by removing channels"
-            )
-        _remove(current, graph, groups, _as_removal(groups, chosen))
-        ratio = count_macs(current, input_size) / reference
-        if updates_between:
-            epochs = max(1, math.ceil(updates_between / steps_per_epoch))
-            train(
-                current,
-                data,
-                epochs,
-                lr=lr,
-                batch_size=batch_size,
-                schedule="constant",
-                max_steps=updates_between,
-                evaluate_each_epoch=False,
-                quiet=True,
-                seed=seed + step,
-            )
-        step += 1
-        done = round(100 * min(1.0, (1 - ratio) / max(1e-9, 1 - target_ratio)))
-        bar.update(done - bar.n)
-        bar.set_postfix(macs=f"{ratio:.3f}", step=step)
-    bar.close()
-    current.eval()
-    current.tridim_macs_ratio = ratio
-    return current
-
-
-# ----------------------------------------------------------------------------------------
-# sparsity training (Network Slimming)
-
-
-def sparsity_strength(model: nn.Module) -> float:
-    """Default L1 strength on BN scales: 1e-4 for VGG, 1e-5 otherwise (ResNets, ...).
-
-    These are Network Slimming's values (Liu et al. 2017).
-    """
-    spec = getattr(model, "tridim_spec", None)
-    name = getattr(spec, "name", "") or type(model).__name__
-    return 1e-4 if name.lower().startswith("vgg") else 1e-5
-
-
-def bn_l1_penalty(
-    model: nn.Module, strength: float | None = None
-) -> Callable[[nn.Module], torch.Tensor]:
-    """An L1 penalty on BatchNorm scales for sparsity training (Network Slimming).
-
-    Parameters
-    ----------
-    model : torch.nn.Module
-        The model to be trained (checked for BatchNorm layers; picks the default).
-    strength : float, optional
-        Multiplier of ``sum |gamma|``; default :func:`sparsity_strength` (1e-5 for
-        ResNets and other families, 1e-4 for VGG).
-
-    Returns
-    -------
-    callable
-        ``penalty(model) -> scalar tensor``, to pass as ``train(..., extra_loss=...)``.
-
-    Examples
-    --------
-    >>> from tridim.models import build
-    >>> model = build("resnet20", 10, 1)
-    >>> penalty = bn_l1_penalty(model)
-    >>> round(float(penalty(model)), 5)  # 1e-5 x 784 BN scales, all 1 in a fresh model
-    0.00784
-    """
-    if not any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-        for m in model.modules()
-    ):
-        raise ValueError("bn_l1_penalty needs a model with affine BatchNorm layers")
-    value = sparsity_strength(model) if strength is None else float(strength)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"strength must be a non-negative number, got {strength!r}")
-
-    def penalty(net: nn.Module) -> torch.Tensor:
-        scales = [
-            m.weight.abs().sum()
-            for m in net.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
-        ]
-        return value * torch.stack(scales).sum()
-
-    return penalty
+    if not inplace:
+        return pruned
+    graph, groups = analyse(model, example_for(input_size, seed), ignored_layers)
+    return apply_removal(model, graph, groups, removal)

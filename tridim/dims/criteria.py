@@ -1,6 +1,7 @@
 """Filter importance criteria that score coupled channel groups, and an oracle to test them.
 
-A *channel group* (:class:`ChannelGroup`) is a set of channels that must be removed
+A *channel group* (:class:`~tridim.dims.groups.ChannelGroup`, from
+:func:`~tridim.dims.groups.channel_groups`) is a set of channels that must be removed
 together: the output channel ``c`` of a convolution, of the BatchNorm after it, of every
 convolution added to it by a residual connection, and the matching input channel of
 every consumer. Each criterion returns one score per channel of each group (higher =
@@ -36,7 +37,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -44,10 +44,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .groups import ChannelGroup, GroupMember, channel_groups, eval_mode, layer_geometry
+
 __all__ = [
     "CRITERIA",
-    "ChannelGroup",
-    "GroupMember",
     "Criterion",
     "get_criterion",
     "score_groups",
@@ -66,69 +66,6 @@ MOLCHANOV_REFERENCE = {
 
 DEFAULT_N_BATCHES = 8
 DEFAULT_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class GroupMember:
-    """One layer touched by a channel group.
-
-    Attributes
-    ----------
-    name : str
-        Qualified module name (``model.get_submodule(name)``).
-    kind : {"conv", "linear", "bn", "other"}
-        Layer kind.
-    out : bool
-        True if the layer's output channels are removed, False for its input channels.
-    idxs : tuple of int
-        The affected channel indices in that layer.
-    root_idxs : tuple of int
-        For each entry of ``idxs``, the matching channel of the group (0..size-1).
-    depthwise : bool
-        True for a depthwise convolution (its in and out channels are the same).
-    """
-
-    name: str
-    kind: str
-    out: bool
-    idxs: tuple[int, ...]
-    root_idxs: tuple[int, ...]
-    depthwise: bool = False
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels removed together; ``root`` names the convolution whose outputs they are.
-
-    Attributes
-    ----------
-    root : str
-        Qualified name of the group's root layer (the first layer, in
-        ``model.named_modules()`` order, whose output channels are the group's).
-    size : int
-        Number of channels of the group.
-    members : tuple of GroupMember
-        Every layer the group's channels flow through.
-    """
-
-    root: str
-    size: int
-    members: tuple[GroupMember, ...]
-
-    @property
-    def batchnorms(self) -> list[GroupMember]:
-        """Members that are BatchNorm layers normalising the group's channels."""
-        return [m for m in self.members if m.kind == "bn" and m.out]
-
-    @property
-    def producers(self) -> list[GroupMember]:
-        """Convolutions and linear layers whose output channels belong to the group."""
-        return [m for m in self.members if m.kind in ("conv", "linear") and m.out]
-
-    @property
-    def activation_points(self) -> list[GroupMember]:
-        """Where the group's feature maps are observed: its BNs, else its producers."""
-        return self.batchnorms or self.producers
 
 
 class CriterionError(ValueError):
@@ -238,18 +175,6 @@ class _Gates:
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(images), labels)
-
-
-class _EvalMode:
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
 
 
 def _scatter(group: ChannelGroup, member: GroupMember, values: torch.Tensor) -> torch.Tensor:
@@ -478,7 +403,7 @@ class Taylor(_DataCriterion):
         points = {m.name for g in groups for m in g.activation_points}
         totals = [torch.zeros(g.size, dtype=torch.float64) for g in groups]
         examples = 0
-        with _EvalMode(model), _Gates(model, points, requires_grad=True) as gates:
+        with eval_mode(model), _Gates(model, points, requires_grad=True) as gates:
             for images, labels in batches:
                 gates.reset()
                 model.zero_grad(set_to_none=True)
@@ -512,7 +437,7 @@ class ActivationMean(_DataCriterion):
     def raw_scores(self, model, groups, data, seed):
         batches = _batches(data, self.n_batches, self.batch_size, seed)
         points = {m.name for g in groups for m in g.activation_points}
-        with torch.no_grad(), _EvalMode(model), _Gates(model, points, record=True) as gates:
+        with torch.no_grad(), eval_mode(model), _Gates(model, points, record=True) as gates:
             for images, _ in batches:
                 model(images)
         return [
@@ -586,7 +511,7 @@ def score_groups(
     model : torch.nn.Module
         The model the groups were built from.
     groups : sequence of ChannelGroup
-        From :func:`tridim.dims.width.channel_groups`.
+        From :func:`tridim.dims.groups.channel_groups`.
     criterion : str or Criterion
         A name from :data:`CRITERIA` or an instance.
     data : DataBundle or iterable of (images, labels), optional
@@ -613,36 +538,10 @@ def score_groups(
 # FLOPs shares (for the Taylor regulariser)
 
 
-def _layer_geometry(model: nn.Module, images: torch.Tensor) -> dict[str, dict]:
-    """Per conv / linear layer: output positions per image and MACs per (in, out) pair."""
-    geometry: dict[str, dict] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
-
-            def hook(mod, inputs, output, name=name):
-                if isinstance(mod, nn.Linear):
-                    positions = output.numel() // (output.shape[0] * output.shape[-1])
-                    kernel, groups = 1, 1
-                else:
-                    positions = int(math.prod(output.shape[2:]))
-                    kernel, groups = int(math.prod(mod.kernel_size)), mod.groups
-                geometry[name] = {"positions": positions, "kernel": kernel, "groups": groups}
-
-            handles.append(module.register_forward_hook(hook))
-    try:
-        with torch.no_grad(), _EvalMode(model):
-            model(images[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return geometry
-
-
 def _macs_shares(model, groups, data, batch_size, seed) -> list[np.ndarray]:
     """MACs saved by removing each channel, relative to the mean over all channels."""
     images = _batches(data, 1, batch_size, seed)[0][0]
-    geometry = _layer_geometry(model, images)
+    geometry = layer_geometry(model, images)
     costs = []
     for group in groups:
         cost = np.zeros(group.size)
@@ -678,7 +577,7 @@ def oracle_scores(
     """
     points = {m.name for g in groups for m in g.activation_points}
     results = []
-    with torch.no_grad(), _EvalMode(model), _Gates(model, points) as gates:
+    with torch.no_grad(), eval_mode(model), _Gates(model, points) as gates:
         base = _mean_loss(model, batches)
         for group in groups:
             deltas = np.zeros(group.size)
@@ -760,7 +659,7 @@ def criterion_oracle_correlation(
         without BatchNorm).
     layers : sequence of str, optional
         Root names of the channel groups to analyse (see
-        :func:`tridim.dims.width.channel_groups`); default all groups.
+        :func:`tridim.dims.groups.channel_groups`); default all groups.
     n_batches : int
         Batches for the oracle (the data-driven criteria use the same number).
     batch_size : int
@@ -785,8 +684,6 @@ def criterion_oracle_correlation(
     at 16x16: about 1800 forwards, some tens of seconds on 2 CPU cores), plus a forward
     and backward per batch for ``taylor``. Pass a few ``layers`` on large models.
     """
-    from .dims.width import channel_groups
-
     if int(n_batches) < 1:
         raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}")
     names = [get_criterion(c).name for c in criteria]
@@ -794,15 +691,7 @@ def criterion_oracle_correlation(
     batches = _batches(data, int(n_batches), batch_size, seed)
     if example_input is None:
         example_input = batches[0][0][:1]
-    groups = channel_groups(model, example_input)
-    if layers is not None:
-        by_root = {g.root: g for g in groups}
-        unknown = [name for name in layers if name not in by_root]
-        if unknown:
-            raise ValueError(
-                f"no channel group is rooted at {unknown}; group roots: {', '.join(by_root)}"
-            )
-        groups = [by_root[name] for name in layers]
+    groups = _chosen_groups(model, example_input, layers)
     oracle = oracle_scores(model, groups, batches)
     report = {
         "layers": [g.root for g in groups],
@@ -813,25 +702,62 @@ def criterion_oracle_correlation(
         "overall": {},
     }
     for name in names:
-        options = {"normalize": False}
-        if name in ("taylor", "activation_mean", "activation_std"):
-            options.update(n_batches=len(batches), batch_size=batch_size)
-        try:
-            raw = score_groups(
-                model, groups, get_criterion(name, **options), data=batches, seed=seed
-            )
-        except CriterionError:
-            continue
-        if any(s is None for s in raw):
-            continue
-        per_layer = {g.root: _spearman(s, o) for g, s, o in zip(groups, raw, oracle)}
-        defined = [v for v in per_layer.values() if v is not None]
-        report["per_layer"][name] = per_layer
-        report["mean_per_layer"][name] = float(np.mean(defined)) if defined else None
-        all_oracle = np.concatenate(oracle)
-        report["overall"][name] = {
-            "raw": _spearman(np.concatenate(raw), all_oracle),
-            "l2": _spearman(np.concatenate([l2_normalize(s) for s in raw]), all_oracle),
-        }
+        raw = _unnormalised_scores(model, groups, name, batches, batch_size, seed)
+        if raw is not None:
+            _add_correlations(report, name, groups, raw, oracle)
     report["seconds"] = time.perf_counter() - start
     return report
+
+
+def _chosen_groups(
+    model: nn.Module, example_input: torch.Tensor, layers: Sequence[str] | None
+) -> list[ChannelGroup]:
+    """The model's channel groups, or those rooted at ``layers`` (in that order)."""
+    groups = channel_groups(model, example_input)
+    if layers is None:
+        return groups
+    by_root = {g.root: g for g in groups}
+    unknown = [name for name in layers if name not in by_root]
+    if unknown:
+        raise ValueError(
+            f"no channel group is rooted at {unknown}; group roots: {', '.join(by_root)}"
+        )
+    return [by_root[name] for name in layers]
+
+
+def _unnormalised_scores(
+    model: nn.Module,
+    groups: Sequence[ChannelGroup],
+    name: str,
+    batches: list[tuple],
+    batch_size: int,
+    seed: int,
+) -> list[np.ndarray] | None:
+    """Scores of criterion ``name`` without normalisation; None if it cannot score all."""
+    options: dict = {"normalize": False}
+    if name in ("taylor", "activation_mean", "activation_std"):
+        options.update(n_batches=len(batches), batch_size=batch_size)
+    try:
+        raw = score_groups(model, groups, get_criterion(name, **options), data=batches, seed=seed)
+    except CriterionError:
+        return None
+    return None if any(s is None for s in raw) else raw
+
+
+def _add_correlations(
+    report: dict,
+    name: str,
+    groups: Sequence[ChannelGroup],
+    raw: list[np.ndarray],
+    oracle: list[np.ndarray],
+) -> None:
+    """Record criterion ``name``'s per-layer and overall correlations with the oracle."""
+    per_layer = {g.root: _spearman(s, o) for g, s, o in zip(groups, raw, oracle)}
+    defined = [v for v in per_layer.values() if v is not None]
+    report["per_layer"][name] = per_layer
+    report["mean_per_layer"][name] = float(np.mean(defined)) if defined else None
+    all_oracle = np.concatenate(oracle)
+    report["overall"][name] = {
+        "raw": _spearman(np.concatenate(raw), all_oracle),
+        "l2": _spearman(np.concatenate([l2_normalize(s) for s in raw]), all_oracle),
+    }

@@ -1,0 +1,116 @@
+"""The package's shape: torch-free numbers side, one-way imports, no state on models."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "tridim"
+TORCH_FREE = ("space", "samples", "predictor", "solver", "plan", "atomic", "report")
+
+
+def _library_modules(*, with_cli: bool = False):
+    """Every module of tridim/ but the benchmarks (and but cli.py unless asked for)."""
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "bench" or (relative.name == "cli.py" and not with_cli):
+            continue
+        yield relative, ast.parse(path.read_text(), filename=str(path))
+
+
+def test_numbers_side_imports_without_torch():
+    modules = ", ".join(f"tridim.{name}" for name in TORCH_FREE)
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class NoTorch:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "torchvision", "torch_pruning"):
+                    raise ImportError(f"{{name}} is not installed here")
+
+        sys.meta_path.insert(0, NoTorch())
+        import {modules}
+        from tridim import LowRankPolynomialRegressor, Triple, solve, Plan
+        loaded = [m for m in sys.modules if m.split(".")[0] == "torch"]
+        assert not loaded, loaded
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def _imported_names(tree: ast.AST, relative: Path) -> set[str]:
+    package = ["tridim", *relative.parent.parts]
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_library_never_imports_the_benchmarks_or_the_command_line():
+    offenders = []
+    for relative, tree in _library_modules():
+        for name in _imported_names(tree, relative):
+            if name.startswith(("tridim.bench", "tridim.cli")):
+                offenders.append(f"{relative}: {name}")
+    assert not offenders, offenders
+
+
+def test_no_module_sets_tridim_attributes_on_models_except_the_spec_in_build():
+    offenders = []
+    for relative, tree in _library_modules():
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.Assign):
+                targets = node.targets
+            elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+                targets = [node.target]
+            elif isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setattr":
+                name = node.args[1] if len(node.args) > 1 else None
+                if isinstance(name, ast.Constant) and str(name.value).startswith("tridim_"):
+                    offenders.append(f"{relative}:{node.lineno} setattr {name.value}")
+            for target in targets:
+                if isinstance(target, ast.Attribute) and target.attr.startswith("tridim_"):
+                    allowed = relative.name == "models.py" and target.attr == "tridim_spec"
+                    if not allowed:
+                        offenders.append(f"{relative}:{node.lineno} .{target.attr}")
+    assert not offenders, offenders
+
+
+def _code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function's body, its docstring (and its signature) left out."""
+    body = function.body
+    first = body[0]
+    is_docstring = isinstance(first, ast.Expr) and isinstance(
+        getattr(first, "value", None), ast.Constant
+    )
+    if is_docstring and isinstance(first.value.value, str):
+        if len(body) == 1:
+            return 0
+        first = body[1]
+    return function.end_lineno - first.lineno + 1
+
+
+@pytest.mark.parametrize("limit", [60])
+def test_no_library_function_is_longer_than_a_screen(limit):
+    long = []
+    for relative, tree in _library_modules(with_cli=True):
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = _code_lines(node)
+                if lines > limit:
+                    long.append(f"{relative}:{node.name} {lines} lines")
+    assert not long, long

@@ -1,0 +1,244 @@
+"""Tables of a run: the report as Markdown, the samples, the Pareto rows.
+
+:func:`format_table` is the one table renderer of tridim: notebooks, ``tridim report``
+and the command line all print their rows through it. The row builders
+(:func:`samples_table`, :func:`pareto_rows`) return plain dicts, so a table can also be
+handed to pandas or written as JSON.
+
+This module imports neither torch nor matplotlib.
+
+Examples
+--------
+>>> print(format_table([{"model": "MAP rank-1", "loo_rmse": 0.0143, "error": None}]))
+| model | loo_rmse | error |
+|---|---|---|
+| MAP rank-1 | 0.0143 |  |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from tridim.samples import Sample
+from tridim.solver import solve
+from tridim.space import flops_cost
+
+__all__ = [
+    "format_table",
+    "render_report_markdown",
+    "samples_table",
+    "pareto_rows",
+    "as_sample",
+    "dimension_of",
+    "ON_AXIS_TOL",
+]
+
+#: A coordinate within this of 1 counts as kept in full (on the axis).
+ON_AXIS_TOL = 1e-9
+
+_DIMENSIONS = ("depth", "width", "resolution")
+
+
+# ---------------------------------------------------------------------- rendering
+
+
+def format_table(
+    rows: Iterable[Mapping[str, Any]],
+    columns: Sequence[str] | None = None,
+    *,
+    float_format: str = ".4f",
+) -> str:
+    """Render dict rows as a Markdown table.
+
+    Parameters
+    ----------
+    rows : iterable of mappings
+        E.g. from :func:`samples_table` or :func:`pareto_rows`. A row lacking a column
+        gets an empty cell.
+    columns : sequence of str, optional
+        Columns to show, in order. Default: the keys of the first row.
+    float_format : str, default=".4f"
+        Format spec of float cells (``".4g"`` for 4 significant digits).
+
+    Returns
+    -------
+    str
+        The table, without a trailing newline; an empty string if there are no rows.
+        None is shown as an empty cell and ``|`` in a value is escaped.
+    """
+    rows = list(rows)
+    if not rows:
+        return ""
+    columns = list(columns) if columns is not None else list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(_cell(row.get(c), float_format) for c in columns) + " |" for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, float_format: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return format(value, float_format)
+    return str(value).replace("|", "\\|")
+
+
+def render_report_markdown(report: dict) -> str:
+    """A readable Markdown summary of a report dict (the ``report.md`` of a run).
+
+    Parameters
+    ----------
+    report : dict
+        As written to ``report.json`` by :func:`tridim.optimize`: needs ``triple``,
+        ``latency_ms`` (``before`` / ``after``, with ``batch_1`` and one other batch),
+        ``speedup``, ``target_flops_ratio``, ``macs_ratio``, ``base_accuracy``,
+        ``accuracy``, ``predicted_accuracy``, ``macs_before`` / ``macs_after``,
+        ``params_before`` / ``params_after``, ``n_samples`` and ``seconds``.
+
+    Returns
+    -------
+    str
+        A title and a two-column ``quantity | value`` table, ending with a newline.
+    """
+    lines = ["# tridim report", "", "| quantity | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in _report_rows(report)]
+    return "\n".join(lines) + "\n"
+
+
+def _report_rows(report: dict) -> list[tuple[str, str]]:
+    t = report["triple"]
+    lat = report["latency_ms"]
+    batch_key = [k for k in lat["before"] if k != "batch_1"][0]
+    return [
+        ("target FLOPs ratio", f"{report['target_flops_ratio']:.3f}"),
+        ("measured MACs ratio", f"{report['macs_ratio']:.3f}"),
+        ("triple (d, w, r)", f"({t['d']:.3f}, {t['w']:.3f}, {t['r']:.3f})"),
+        ("base accuracy (test)", f"{report['base_accuracy']:.4f}"),
+        ("pruned accuracy (test)", f"{report['accuracy']:.4f}"),
+        ("predicted accuracy", f"{report['predicted_accuracy']:.4f}"),
+        ("MACs", f"{report['macs_before']:,} -> {report['macs_after']:,}"),
+        ("params", f"{report['params_before']:,} -> {report['params_after']:,}"),
+        ("latency batch 1 (ms)", _latency_cell(report, "batch_1")),
+        (f"latency {batch_key.replace('_', ' ')} (ms)", _latency_cell(report, batch_key)),
+        ("samples", str(report["n_samples"])),
+        ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())),
+    ]
+
+
+def _latency_cell(report: dict, batch_key: str) -> str:
+    lat = report["latency_ms"]
+    return (
+        f"{lat['before'][batch_key]:.2f} -> {lat['after'][batch_key]:.2f} "
+        f"({report['speedup'][batch_key]:.2f}x)"
+    )
+
+
+# ---------------------------------------------------------------------- samples
+
+
+def as_sample(item: Sample | Mapping[str, Any]) -> Sample:
+    """A :class:`~tridim.samples.Sample` from a Sample or a ``{d, w, r, accuracy}`` mapping.
+
+    Raises
+    ------
+    TypeError
+        If ``item`` is neither.
+    """
+    if isinstance(item, Sample):
+        return item
+    if isinstance(item, Mapping):
+        return Sample.from_dict(dict(item))
+    raise TypeError(f"expected a Sample or a mapping, got {type(item).__name__}")
+
+
+def dimension_of(x: Sequence[float]) -> str:
+    """Which dimension a point (d, w, r) reduces.
+
+    Returns
+    -------
+    str
+        ``base`` when none is below 1, the one reduced (``depth`` / ``width`` /
+        ``resolution``), or ``off-axis`` when more than one is.
+    """
+    reduced = [i for i, v in enumerate(x) if v < 1 - ON_AXIS_TOL]
+    if not reduced:
+        return "base"
+    return _DIMENSIONS[reduced[0]] if len(reduced) == 1 else "off-axis"
+
+
+def samples_table(samples: Iterable[Sample | Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The samples as table rows (plain dicts, one per sample, in file order).
+
+    Parameters
+    ----------
+    samples : iterable of Sample or mappings with keys d, w, r, accuracy
+
+    Returns
+    -------
+    list of dict
+        Keys ``key``, ``dimension``, ``step``, ``d``, ``w``, ``r``, ``cost``
+        (the analytic :func:`~tridim.space.flops_cost`), ``macs_ratio`` (measured, if
+        recorded, else None) and ``accuracy``. ``dimension`` is taken from the sample's
+        record, else inferred from which coordinates are below 1.
+    """
+    return [_sample_row(as_sample(item)) for item in samples]
+
+
+def _sample_row(sample: Sample) -> dict[str, Any]:
+    extra = sample.extra
+    return {
+        "key": extra.get("key"),
+        "dimension": extra.get("dimension", dimension_of((sample.d, sample.w, sample.r))),
+        "step": extra.get("step"),
+        "d": sample.d,
+        "w": sample.w,
+        "r": sample.r,
+        "cost": flops_cost(sample.d, sample.w, sample.r),
+        "macs_ratio": extra.get("macs_ratio"),
+        "accuracy": sample.accuracy,
+    }
+
+
+# ---------------------------------------------------------------------- budgets
+
+
+def pareto_rows(predictor: Any, budgets: Iterable[float]) -> list[dict[str, Any]]:
+    """Solve for each budget and return one table row per budget.
+
+    Budgets that cannot be met inside the predictor's box (below its cheapest sampled
+    corner) are kept as rows with the solver's message in ``error`` instead of raising.
+
+    Parameters
+    ----------
+    predictor : object with ``predict(X)`` and ``bounds_``
+        Typically a fitted :class:`~tridim.predictor.LowRankPolynomialRegressor`.
+    budgets : iterable of float
+        FLOPs budgets in (0, 1].
+
+    Returns
+    -------
+    list of dict
+        Keys ``target``, ``d``, ``w``, ``r``, ``predicted_accuracy``, ``multiplier``
+        and ``error`` (None when solved; the other values are None when not).
+    """
+    return [_pareto_row(predictor, float(budget)) for budget in budgets]
+
+
+def _pareto_row(predictor: Any, target: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"target": target}
+    try:
+        solution = solve(predictor, target)
+    except ValueError as error:
+        row.update(d=None, w=None, r=None, predicted_accuracy=None, multiplier=None)
+        row["error"] = str(error)
+    else:
+        row.update(solution.triple.to_dict())
+        row["predicted_accuracy"] = solution.predicted_accuracy
+        row["multiplier"] = solution.multiplier
+        row["error"] = None
+    return row

@@ -1,0 +1,288 @@
+"""Trials: the one unit of work of a run — cut a model, finetune it, measure it.
+
+Every model a run trains is a :class:`Trial`: each collection step (``depth:2``,
+``width:3``, ...), each verify-and-refit step (``refine:1``) and the final model
+(``final``). A trial is plain data; :func:`run_trial` executes it against a
+:class:`TrialContext` and the run's :class:`~tridim.store.RunStore`:
+
+1. if the store holds the finished trial, return it (a re-run skips it);
+2. seed, then cut the model: a collection step shrinks one dimension of its parent
+   trial's model, a refine or final trial realises a triple from the base model;
+3. finetune (resuming from the trial's epoch checkpoint if a crash left one), evaluate;
+4. store weights, plan and sample; append the sample to the journal (all but ``final``).
+
+So whatever runs the trials — this process, an executor, later a cluster — needs to
+know nothing about which kind a trial is.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .data import DataBundle
+from .dims.depth import blocks_to_keep, find_blocks, minimum_depth, remove_blocks, select_blocks
+from .dims.resolution import ResolutionWrapper, reduced_size
+from .plan import Plan
+from .realise import apply_plan, count_channels, plan_of, realise
+from .samples import Sample
+from .space import Triple
+from .store import RunStore
+from .train import evaluate, seed_everything, train
+
+__all__ = ["Trial", "TrialContext", "TrialResult", "run_trial", "COLLECTION_KINDS"]
+
+#: Trial kinds that shrink one dimension of their parent's model.
+COLLECTION_KINDS = ("depth", "width", "resolution")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One model to cut, finetune and measure; plain data.
+
+    Attributes
+    ----------
+    key : str
+        Unique within a run (``"width:2"``, ``"refine:1"``, ``"final"``).
+    kind : str
+        ``"depth"``, ``"width"`` or ``"resolution"`` (a collection step), ``"refine"``
+        or ``"final"``.
+    epochs : int
+        Finetuning epochs.
+    seed : int
+        Seeds torch's global generator before the cut.
+    train_seed : int
+        Seeds the finetuning.
+    step : int
+        Position in its sequence (1-based).
+    value, previous : float
+        Collection steps: the coordinate of ``kind`` asked for, and the parent's, both
+        relative to the base model.
+    parent : str, optional
+        Collection steps: the key of the trial whose model this one shrinks further
+        (None: the base model).
+    triple : Triple, optional
+        Refine and final trials: the triple realised at the run's MACs budget.
+    distill : bool
+        Distil from the base model while finetuning.
+    split : str
+        The data split the accuracy is measured on.
+    """
+
+    key: str
+    kind: str
+    epochs: int
+    seed: int
+    train_seed: int
+    step: int = 0
+    value: float = 1.0
+    previous: float = 1.0
+    parent: str | None = None
+    triple: Triple | None = None
+    distill: bool = False
+    split: str = "val"
+
+    @property
+    def journaled(self) -> bool:
+        """Whether the trial's sample goes into the journal (the predictor's data)."""
+        return self.kind != "final"
+
+
+@dataclass
+class TrialContext:
+    """What every trial of a run needs: the base model, data, store and settings."""
+
+    base: nn.Module
+    data: DataBundle
+    store: RunStore
+    input_size: tuple[int, int, int]
+    base_macs: int
+    base_blocks: list
+    min_side: int
+    target_flops_ratio: float
+    criterion: str = "bn_scale"
+    lr: float = 0.02
+    batch_size: int = 128
+    seed: int = 0
+    quiet: bool = False
+
+
+@dataclass
+class TrialResult:
+    """A finished trial: its journal sample, its plan, and (if asked for) its model."""
+
+    sample: Sample
+    plan: Plan
+    model: nn.Module | None = None
+    seconds: dict = field(default_factory=dict)
+
+
+def run_trial(trial: Trial, context: TrialContext, *, keep_model: bool = False) -> TrialResult:
+    """Run ``trial`` (or read it back if the store holds it); see the module docstring.
+
+    Parameters
+    ----------
+    trial : Trial
+    context : TrialContext
+    keep_model : bool
+        Return the finetuned model in the result (rebuilt from the store on a re-run).
+
+    Returns
+    -------
+    TrialResult
+    """
+    stored = context.store.load_step(trial.key)
+    if stored is not None:
+        if trial.journaled:
+            context.store.record(stored.sample)  # killed between step files and journal
+        model = _restore(stored.plan, stored.state_dict, context) if keep_model else None
+        return TrialResult(stored.sample, stored.plan, model)
+    started = time.perf_counter()
+    seed_everything(trial.seed)
+    model, plan = _cut(trial, context)
+    cut_seconds = time.perf_counter() - started
+    _finetune(trial, model, context)
+    accuracy = evaluate(model, context.data.loader(trial.split, 256))
+    seconds = {"cut": cut_seconds, "train": time.perf_counter() - started - cut_seconds}
+    sample = _sample(trial, plan, accuracy, sum(seconds.values()), context)
+    context.store.save_step(trial.key, model.state_dict(), plan, sample)
+    if trial.journaled:
+        context.store.record(sample)
+    return TrialResult(sample, plan, model if keep_model else None, seconds)
+
+
+def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionWrapper:
+    model = apply_plan(context.base, plan)
+    model.load_state_dict(state_dict)
+    return model.eval()
+
+
+def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
+    train(
+        model,
+        context.data,
+        trial.epochs,
+        lr=context.lr,
+        batch_size=context.batch_size,
+        seed=trial.train_seed,
+        teacher=context.base if trial.distill else None,
+        evaluate_each_epoch=False,
+        checkpoint_path=context.store.checkpoint_path(trial.key),
+        quiet=context.quiet,
+    )
+
+
+def _sample(
+    trial: Trial, plan: Plan, accuracy: float, seconds: float, context: TrialContext
+) -> Sample:
+    realised = plan.realised
+    extra = {"key": trial.key, "dimension": trial.kind, "step": trial.step}
+    if trial.kind in COLLECTION_KINDS:
+        extra["requested"] = trial.value
+    extra.update(
+        macs_ratio=plan.macs_ratio,
+        epochs=trial.epochs,
+        seconds=seconds,
+        seed=context.seed,
+        plan=plan.to_dict(),
+    )
+    return Sample(realised.d, realised.w, realised.r, accuracy, extra)
+
+
+# ---------------------------------------------------------------------- cutting
+
+
+def _cut(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+    if trial.kind in COLLECTION_KINDS:
+        return _cut_step(trial, context)
+    return realise(
+        context.base,
+        trial.triple,
+        input_size=context.input_size,
+        data=context.data,
+        target_flops_ratio=context.target_flops_ratio,
+        criterion=context.criterion,
+    )
+
+
+def _parent(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan | None]:
+    """The parent trial's model and plan, or the base model at full size."""
+    if trial.parent is None:
+        size = context.input_size
+        return ResolutionWrapper(copy.deepcopy(context.base), size[1:], size), None
+    stored = context.store.load_step(trial.parent)
+    if stored is None:
+        raise RuntimeError(f"trial {trial.key} needs {trial.parent}, which has not run yet")
+    return _restore(stored.plan, stored.state_dict, context), stored.plan
+
+
+def _cut_step(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+    """Shrink one dimension of the parent's model from ``previous`` to ``value``."""
+    from .dims.width import compose_removals, remove_channels, select_channels
+
+    parent, parent_plan = _parent(trial, context)
+    inner, size = parent.model, parent.size
+    removal = dict(parent_plan.width_removal) if parent_plan is not None else {}
+    if trial.kind == "depth":
+        inner = _remove_more_blocks(inner, trial.value, context)
+        present = dict(inner.named_modules())
+        removal = {k: v for k, v in removal.items() if k in present}
+    elif trial.kind == "width":
+        example = torch.zeros(1, context.input_size[0], *size)
+        new = select_channels(
+            inner,
+            trial.value / trial.previous,
+            example_input=example,
+            criterion=context.criterion,
+            data=context.data,
+            seed=context.seed,
+        )
+        removal = compose_removals(inner, removal, new)
+        inner = remove_channels(inner, new, example_input=example, inplace=True)
+    else:
+        smallest = context.min_side / min(context.input_size[1:])
+        size = reduced_size(max(trial.value, smallest), context.input_size)
+    model = ResolutionWrapper(inner, size, context.input_size)
+    return model, _step_plan(trial, model, removal, context)
+
+
+def _remove_more_blocks(inner: nn.Module, d: float, context: TrialContext) -> nn.Module:
+    """Remove blocks of least gain until ``d`` of the base model's blocks are kept."""
+    keep = blocks_to_keep(max(d, minimum_depth(context.base_blocks)), context.base_blocks)
+    current = find_blocks(inner, input_size=context.input_size)
+    if keep >= len(current):
+        return inner
+    names = select_blocks(
+        inner,
+        keep / len(current),
+        data=context.data,
+        input_size=context.input_size,
+        seed=context.seed,
+    )
+    return remove_blocks(inner, names)
+
+
+def _step_plan(
+    trial: Trial, model: ResolutionWrapper, removal: dict, context: TrialContext
+) -> Plan:
+    """The plan that rebuilds a collection step's ``model`` from the base model."""
+    modules = dict(model.model.named_modules())
+    removed = [b.name for b in context.base_blocks if isinstance(modules.get(b.name), nn.Identity)]
+    small_size = (context.input_size[0], *model.size)
+    channels_total = count_channels(remove_blocks(context.base, removed), small_size)
+    asked = {"depth": 1.0, "width": 1.0, "resolution": 1.0, trial.kind: trial.value}
+    return plan_of(
+        context.base,
+        model,
+        requested=Triple(asked["depth"], asked["width"], asked["resolution"]),
+        removed_blocks=removed,
+        width_removal=removal,
+        blocks_total=len(context.base_blocks),
+        channels_total=channels_total,
+        base_macs=context.base_macs,
+        criterion=context.criterion,
+    )
