@@ -11,7 +11,7 @@ import pytest
 from tridim import solver
 from tridim.predictor import LowRankPolynomialRegressor
 from tridim.solver import Solution, pareto, solve
-from tridim.space import Bounds, Triple
+from tridim.space import Bounds, Triple, flops_cost
 
 UNIT = Bounds((0.05, 0.05, 0.05), (1.0, 1.0, 1.0))
 
@@ -88,9 +88,7 @@ class Bumpy(AdditiveError):
 def test_grid_cross_check_catches_a_missed_maximum(monkeypatch):
     bumpy = Bumpy([0.005, 0.02, 0.02], [1.0, 1.0, 1.0])
     target = float(np.exp(Bumpy.centre @ [1, 2, 2]))
-    grid_point, grid_value = solver._grid_best(
-        solver._Problem(bumpy, UNIT, solver._default_cost, target)
-    )
+    grid_point, grid_value = solver._grid_best(solver._Problem(bumpy, UNIT, flops_cost, target))
     solution = solve(bumpy, target, bounds=UNIT)
     assert solution.predicted_accuracy >= grid_value - solver.GRID_TOLERANCE
     np.testing.assert_allclose(np.log(solution.triple.as_tuple()), Bumpy.centre, atol=0.02)
@@ -106,7 +104,7 @@ def test_grid_never_beats_the_answer_on_a_fitted_predictor():
     predictor = LowRankPolynomialRegressor(rank=2).fit(X, y)
     bounds = Bounds.from_points(predictor.X_train_)
     for target in (0.05, 0.2, 0.5):
-        problem = solver._Problem(predictor, bounds, solver._default_cost, target)
+        problem = solver._Problem(predictor, bounds, flops_cost, target)
         _, grid_value = solver._grid_best(problem)
         solution = solve(predictor, target)
         assert solution.predicted_accuracy >= grid_value - solver.GRID_TOLERANCE

@@ -30,10 +30,16 @@ def _write_json(path: str | Path | None, payload) -> None:
 
 
 def _data_options(args: argparse.Namespace) -> dict:
+    """``data.load`` options from ``--data-root`` and ``--size``, checked against ``--data``."""
     options = {}
+    digits = str(args.data).lower() == "digits"
     if getattr(args, "data_root", None):
+        if digits:
+            raise ValueError("digits takes no option root: it ships inside scikit-learn")
         options["root"] = args.data_root
     if getattr(args, "size", None):
+        if not digits:
+            raise ValueError(f"--size is for digits only, not {args.data}")
         options["size"] = args.size
     return options
 
@@ -51,7 +57,9 @@ def _add_model_data_args(parser: argparse.ArgumentParser) -> None:
         "ImageFolder folder with train/ and val/",
     )
     parser.add_argument("--data-root", help="folder holding the dataset files")
-    parser.add_argument("--size", type=int, help="image side for digits (16 or 32)")
+    parser.add_argument(
+        "--size", type=int, help="image side for digits, 8 to 64 pixels (default: 16)"
+    )
 
 
 # -- info -------------------------------------------------------------------------------
@@ -170,6 +178,12 @@ def _run_train(args: argparse.Namespace) -> int:
 # -- optimize / collect / report / export-onnx ------------------------------------------
 
 
+def _criteria() -> tuple[str, ...]:
+    from .dims.criteria import CRITERIA
+
+    return CRITERIA
+
+
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     _add_model_data_args(parser)
     parser.add_argument(
@@ -189,19 +203,33 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="FLOPs budget: pruned MACs / original MACs, in (0, 1] (default: 0.5)",
     )
-    parser.add_argument("--rounds", type=int, default=4, help="pruning steps per dimension")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="pruning steps per dimension (default: 4)"
+    )
     parser.add_argument(
         "--epochs-per-step",
         type=int,
         default=2,
         help="finetuning epochs after each collection step (default: 2)",
     )
-    parser.add_argument("--criterion", default="bn_scale", help="width criterion")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--workdir", default=None, help="run folder (default: runs/<model>-<data>-t<target>)"
+        "--criterion",
+        default="bn_scale",
+        choices=_criteria(),
+        help="width criterion (default: bn_scale)",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--seed", type=int, default=0, help="seeds everything (default: 0)")
+    parser.add_argument(
+        "--workdir",
+        default=None,
+        help="run folder (default: runs/<model>-<data>-t<target>); re-running on it resumes",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="if the workdir holds another tridim run, delete it and start over",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per stage")
 
 
 def _add_optimize(sub) -> None:
@@ -227,7 +255,11 @@ def _add_optimize(sub) -> None:
         action="store_true",
         help="finetune without distilling from the original model",
     )
-    parser.add_argument("--predictor", help="reuse a fitted predictor.json: skip collection")
+    parser.add_argument(
+        "--predictor",
+        help="reuse a fitted predictor.json: skip collection (the base model cached beside "
+        "it is reused too; refine refits on its samples plus the new ones)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run_optimize)
 
@@ -239,29 +271,82 @@ def _workdir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{args.model}-{data}-t{args.target:g}"
 
 
-def _base_model(args: argparse.Namespace, bundle, workdir: Path):
+def _collection_settings(args: argparse.Namespace):
+    from .collect import CollectionSettings
+
+    return CollectionSettings(
+        args.target, args.rounds, args.epochs_per_step, args.criterion, args.seed
+    )
+
+
+def _open_workdir(args: argparse.Namespace, bundle, sections: dict):
+    """The run folder, checked against the run's settings before any training.
+
+    ``--force`` empties a folder that holds another tridim run first.
+    """
+    import shutil
+
+    from .store import RunStore
+
+    workdir = _workdir(args)
+    store = RunStore(workdir)  # refuses a file
+    if getattr(args, "force", False) and store.file("manifest.json").is_file():
+        shutil.rmtree(workdir)
+    data = {
+        "name": bundle.name,
+        "input_shape": list(bundle.input_shape),
+        "num_classes": bundle.num_classes,
+    }
+    store.check({"data": data, **sections})
+    return store
+
+
+def _read_weights(path: Path, model, name: str) -> None:
+    """Load a weights-only state dict (or a tridim checkpoint) into ``model``."""
     import torch
 
+    from .io import state_dict_mismatch
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--weights {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a text file, a pickle of code, a truncated file ...
+        raise ValueError(
+            f"--weights {path} is not a weights-only PyTorch state dict "
+            f"({type(error).__name__}): save one with torch.save(model.state_dict(), path)"
+        ) from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    problem = state_dict_mismatch(state, model)
+    if problem:
+        raise ValueError(f"--weights {path} does not fit {name}: {problem}")
+    model.load_state_dict(state)
+
+
+def _base_cache(args: argparse.Namespace, workdir: Path) -> Path:
+    """Where the trained base model is cached: the workdir's, or that of the run whose
+    predictor is reused (so reusing a predictor never trains the base model again)."""
+    name = f"{args.model}-e{args.base_epochs}-s{args.seed}.pt"
+    cache = workdir / "base" / name
+    predictor = getattr(args, "predictor", None)
+    if not cache.is_file() and predictor:
+        beside = Path(predictor).parent / "base" / name
+        if beside.is_file():
+            return beside
+    return cache
+
+
+def _base_model(args: argparse.Namespace, bundle, workdir: Path):
     from . import models
     from .train import load_checkpoint, save_checkpoint, seed_everything, train
 
     seed_everything(args.seed)  # the initial weights, too, come from the seed
     model = models.build(args.model, bundle.num_classes, bundle.input_shape[0])
     if args.weights:
-        path = Path(args.weights)
-        if not path.is_file():
-            raise FileNotFoundError(f"--weights {path} does not exist")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-            state = state["model"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as error:
-            raise ValueError(
-                f"--weights {path} does not fit {args.model}: {str(error).splitlines()[0]}"
-            ) from None
+        _read_weights(Path(args.weights), model, args.model)
         return model
-    cache = workdir / "base" / f"{args.model}-e{args.base_epochs}-s{args.seed}.pt"
+    cache = _base_cache(args, workdir)
     if cache.is_file():
         load_checkpoint(cache, model)
         return model
@@ -269,6 +354,7 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
         file=sys.stderr,
     )
+    partial = cache.with_suffix(".partial.pt")
     train(
         model,
         bundle,
@@ -277,28 +363,38 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         seed=args.seed,
         quiet=args.quiet,
         evaluate_each_epoch=False,
-        checkpoint_path=cache.with_suffix(".partial.pt"),
+        checkpoint_path=partial,
+        label="base model",
     )
     save_checkpoint(cache, model)
-    cache.with_suffix(".partial.pt").unlink(missing_ok=True)
+    partial.unlink(missing_ok=True)
     return model
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from . import data as datasets
-    from .optimize import optimize
+    from .optimize import OptimizeSettings, optimize
     from .predictor import LowRankPolynomialRegressor
     from .report import render_report_markdown
 
-    workdir = _workdir(args)
-    bundle = datasets.load(args.data, **_data_options(args))
+    collection = _collection_settings(args)
+    settings = OptimizeSettings(args.final_epochs, args.refine, not args.no_distill)
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
-    model = _base_model(args, bundle, workdir)
+    if predictor is not None:
+        from .optimize import _check_predictor_covers
+
+        _check_predictor_covers(predictor, collection.target_flops_ratio)
+    bundle = datasets.load(args.data, **_data_options(args))
+    sections = {"settings": asdict(collection), "optimize": settings.manifest()}
+    store = _open_workdir(args, bundle, sections)
+    model = _base_model(args, bundle, store.path)
     result = optimize(
         model,
         bundle,
         args.target,
-        workdir=workdir,
+        workdir=store.path,
         predictor=predictor,
         rounds=args.rounds,
         epochs_per_step=args.epochs_per_step,
@@ -313,7 +409,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         print(json.dumps(result.report))
     else:
         print(render_report_markdown(result.report))
-        print(f"run folder: {workdir}")
+        print(f"run folder: {store.path}")
     return 0
 
 
@@ -329,12 +425,16 @@ def _add_collect(sub) -> None:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from . import data as datasets
     from .collect import collect
     from .store import JOURNAL
 
-    workdir = _workdir(args)
+    collection = _collection_settings(args)
     bundle = datasets.load(args.data, **_data_options(args))
+    store = _open_workdir(args, bundle, {"settings": asdict(collection)})
+    workdir = store.path
     model = _base_model(args, bundle, workdir)
     samples = collect(
         model,
@@ -391,6 +491,8 @@ def _run_report(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {args.run_dir} a tridim run folder?")
     report = json.loads(path.read_text())
+    if args.plots and Path(args.plots).exists() and not Path(args.plots).is_dir():
+        raise ValueError(f"--plots {args.plots} is a file: give a folder for the figures")
     print(json.dumps(report, indent=2) if args.json else render_report_markdown(report))
     if args.plots is not None:
         from .bench.predictor import compare_models
@@ -755,6 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
         "input resolution.",
     )
     parser.add_argument("--version", action="version", version=f"tridim {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in _COMMANDS:
         add(sub)
@@ -762,17 +865,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``tridim`` command; returns the exit status."""
+    """Run the ``tridim`` command; returns the exit status.
+
+    A user error (bad argument, missing or malformed file, a run folder of another run)
+    prints one line and returns 2; ``--debug`` shows the traceback instead. An
+    interrupted run returns 130 and says how to resume.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "handler"):
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return 2
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as error:
+    except (ValueError, OSError, ImportError) as error:
+        if args.debug:
+            raise
         print(f"tridim {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"tridim {args.command}: interrupted; finished trials are kept: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

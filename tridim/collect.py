@@ -29,6 +29,7 @@ from .data import DataBundle
 from .dims.depth import find_blocks
 from .measure import check_input_size, count_macs
 from .models import spec_of
+from .progress import Stage
 from .samples import Sample
 from .space import check_ratio
 from .store import RunStore
@@ -137,6 +138,7 @@ def collection_trials(settings: CollectionSettings, *, depth: bool = True) -> li
                     value=value,
                     previous=previous,
                     parent=parent,
+                    label=f"{dim} {step}/{len(values[dim])}",
                 )
             )
             parent, previous = key, value
@@ -266,12 +268,14 @@ def run_collection(
         store.record(Sample(1.0, 1.0, 1.0, accuracy, _base_extra(settings.seed)))
     depth = any(b.removable for b in context.base_blocks)
     chains = collection_trials(settings, depth=depth)
-    if executor is None:
-        for chain in chains:
-            _run_chain(chain, context)
-    else:
-        for future in [executor.submit(_run_chain, chain, context) for chain in chains]:
-            future.result()
+    with Stage("collect", sum(map(len, chains)), quiet=context.quiet) as stage:
+        if executor is None:
+            for chain in chains:
+                _run_chain(chain, context, stage)
+        else:
+            futures = [executor.submit(_run_chain, chain, context, stage) for chain in chains]
+            for future in futures:
+                future.result()
     kinds = ("base", *DIMENSIONS)
     return [s for s in store.samples() if s.extra.get("dimension") in kinds]
 
@@ -288,9 +292,10 @@ def _base_extra(seed: int) -> dict:
     }
 
 
-def _run_chain(chain: list[Trial], context: TrialContext) -> None:
+def _run_chain(chain: list[Trial], context: TrialContext, stage: Stage) -> None:
     for trial in chain:
-        run_trial(trial, context)
+        sample = run_trial(trial, context).sample
+        stage.advance(f"{trial.key} accuracy {sample.accuracy:.4f}")
 
 
 def run_manifest(base: nn.Module, data: DataBundle, settings: CollectionSettings) -> dict:

@@ -210,7 +210,10 @@ def load(name: str | os.PathLike = "digits", **options) -> DataBundle:
 
 def _check_unknown(options: dict, dataset: str) -> None:
     if options:
-        raise TypeError(f"unexpected options for {dataset}: {sorted(options)}")
+        raise ValueError(
+            f"{dataset} takes no option {', '.join(sorted(options))} (on the command line: "
+            "--size is for digits only, --data-root for fashion-mnist and cifar)"
+        )
 
 
 def _normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

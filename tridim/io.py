@@ -28,7 +28,7 @@ from .models import ModelSpec, spec_of
 from .plan import Plan
 from .realise import apply_plan
 
-__all__ = ["save", "load", "describe", "export_onnx", "SCHEMA_VERSION"]
+__all__ = ["save", "load", "describe", "export_onnx", "state_dict_mismatch", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 _DESCRIPTION = "model.json"
@@ -200,17 +200,21 @@ def _read_weights(folder: Path, model: nn.Module) -> dict:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:  # never fall back to unpickling arbitrary objects
         raise ValueError(f"{weights} is not a weights-only tensor file: {error}") from None
-    expected = _shapes(model)
-    if not isinstance(state, dict) or _shapes_of(state) != expected:
-        raise ValueError(
-            f"{weights} does not fit the architecture in {_DESCRIPTION}: "
-            f"{_shape_difference(_shapes_of(state) if isinstance(state, dict) else {}, expected)}"
-        )
+    problem = state_dict_mismatch(state, model)
+    if problem:
+        raise ValueError(f"{weights} does not fit the architecture in {_DESCRIPTION}: {problem}")
     return state
 
 
-def _shapes_of(state: dict) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+def state_dict_mismatch(state, model: nn.Module) -> str:
+    """What keeps ``state`` from loading into ``model`` ("" if it fits).
+
+    Names missing and unexpected keys and the first tensor whose shape differs.
+    """
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a state dict"
+    found = {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    return _shape_difference(found, _shapes(model))
 
 
 def _shape_difference(found: dict, expected: dict) -> str:

@@ -111,7 +111,8 @@ def measure_latency(
     Returns
     -------
     dict
-        ``{"batch_size", "median_ms", "min_ms", "repeats"}``.
+        ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats"}``:
+        the median, the range and the quartiles of the timed passes.
     """
     size = check_input_size(input_size)
     if repeats < 1:
@@ -139,5 +140,8 @@ def measure_latency(
         "batch_size": batch_size,
         "median_ms": times[len(times) // 2],
         "min_ms": times[0],
+        "max_ms": times[-1],
+        "q1_ms": times[len(times) // 4],
+        "q3_ms": times[(3 * len(times)) // 4],
         "repeats": repeats,
     }

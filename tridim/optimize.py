@@ -37,10 +37,11 @@ from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
 from .predictor import LowRankPolynomialRegressor, fit_on_samples
+from .progress import Stage
 from .report import render_report_markdown
 from .samples import Sample
 from .solver import Solution, solve
-from .space import Triple
+from .space import Triple, flops_cost
 from .store import MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
 from .train import check_model_fits_data, evaluate, seed_everything
 from .trial import Trial, TrialContext, TrialResult, run_trial
@@ -194,8 +195,8 @@ def optimize(
     settings = OptimizeSettings(
         final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
     )
-    if predictor is not None and not isinstance(predictor, LowRankPolynomialRegressor):
-        raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")
+    if predictor is not None:
+        _check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
     _check_reachable(model, check_input_size(data.input_shape), collection.target_flops_ratio)
     manifest = {"optimize": settings.manifest()}
@@ -205,6 +206,21 @@ def optimize(
         model, data, collection, RunStore(workdir), extra_manifest=manifest, quiet=quiet
     )
     return _Pipeline(context, collection, settings).run(predictor)
+
+
+def _check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
+    """Refuse, before any training, a predictor that cannot answer for this budget."""
+    if not isinstance(predictor, LowRankPolynomialRegressor) or not hasattr(predictor, "coef_"):
+        raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")
+    lower, upper = predictor.bounds_
+    reachable = (float(flops_cost(*lower)), float(flops_cost(*upper)))
+    if not reachable[0] <= target <= reachable[1]:
+        raise ValueError(
+            f"target_flops_ratio {target:g} is outside what the reused predictor covers: it "
+            f"was fitted on samples spanning FLOPs ratios {reachable[0]:.4f} to "
+            f"{reachable[1]:.4f}. Pick a target in that range, or collect new samples "
+            "(optimize without predictor=)"
+        )
 
 
 def _predictor_fingerprint(predictor: LowRankPolynomialRegressor) -> str:
@@ -255,14 +271,18 @@ class _Pipeline:
         solution = self._timed("solve", solve, predictor, self.target)
         started = time.perf_counter()
         refinements = []
-        for iteration in range(1, self.settings.refine + 1):
-            predictor, solution, sample, record = self._refine(
-                iteration, predictor, solution, samples
-            )
-            samples = samples + [sample]
-            refinements.append(record)
+        with Stage("refine", self.settings.refine, quiet=context.quiet) as stage:
+            for iteration in range(1, self.settings.refine + 1):
+                predictor, solution, sample, record = self._refine(
+                    iteration, predictor, solution, samples
+                )
+                samples = samples + [sample]
+                refinements.append(record)
+                stage.advance(f"refine:{iteration} accuracy {sample.accuracy:.4f}")
         self.seconds["refine"] = time.perf_counter() - started
-        final = run_trial(self._final_trial(solution), context, keep_model=True)
+        with Stage("final", 1, quiet=context.quiet) as stage:
+            final = run_trial(self._final_trial(solution), context, keep_model=True)
+            stage.advance(f"test accuracy {final.sample.accuracy:.4f}")
         self.seconds["realise"] = final.seconds.get("cut", 0.0)
         self.seconds["finetune"] = final.seconds.get("train", 0.0)
         return self._finish(final, solution, predictor, samples, refinements, base_accuracy)
@@ -285,6 +305,7 @@ class _Pipeline:
             train_seed=self.collection.seed + 7918 + iteration,
             step=iteration,
             triple=solution.triple,
+            label=f"refine {iteration}/{self.settings.refine}",
         )
         sample = run_trial(trial, self.context).sample
         realised = [sample.d, sample.w, sample.r]
@@ -311,6 +332,7 @@ class _Pipeline:
             triple=solution.triple,
             distill=self.settings.distill,
             split="test",
+            label="final",
         )
 
     def _finish(self, final: TrialResult, solution, predictor, samples, refinements, base_accuracy):
@@ -322,6 +344,10 @@ class _Pipeline:
         latency = self._timed("latency", self._latency, final.model)
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
+        if refinements:
+            last = refinements[-1]
+            offset = last["measured_accuracy"] - last["predicted_accuracy"]
+            report["prediction"]["offset_at_refine"] = offset
         store.write_json(PLAN, final.plan.to_dict())
         save(final.model, store.file(MODEL), plan=final.plan)
         store.write_json(REPORT, report)
@@ -331,12 +357,12 @@ class _Pipeline:
         )
 
     def _latency(self, pruned: nn.Module) -> dict:
+        """Timings of the base and pruned models at batch 1 and the latency batch."""
         size, batch = self.context.input_size, self.settings.latency_batch
         repeats = self.settings.latency_repeats
         return {
             name: {
-                f"batch_{b}": measure_latency(model, size, b, repeats=repeats)["median_ms"]
-                for b in (1, batch)
+                f"batch_{b}": measure_latency(model, size, b, repeats=repeats) for b in (1, batch)
             }
             for name, model in (("before", self.context.base), ("after", pruned))
         }
@@ -344,6 +370,11 @@ class _Pipeline:
     def _report(self, final, solution, predictor, loo_rmse, latency, base_accuracy) -> dict:
         base_macs, plan = self.context.base_macs, final.plan
         realised = plan.realised
+        medians = {
+            stage: {key: timing["median_ms"] for key, timing in timings.items()}
+            for stage, timings in latency.items()
+        }
+        predicted = float(predictor.predict([list(realised.as_tuple())])[0])
         return {
             "target_flops_ratio": self.target,
             "macs_ratio": plan.macs / base_macs,
@@ -352,15 +383,21 @@ class _Pipeline:
             "multiplier": solution.multiplier,
             "base_accuracy": base_accuracy,
             "accuracy": final.sample.accuracy,
-            "predicted_accuracy": float(predictor.predict([list(realised.as_tuple())])[0]),
+            "predicted_accuracy": min(1.0, max(0.0, predicted)),
             "predictor_loo_rmse": loo_rmse,
             "macs_before": base_macs,
             "macs_after": plan.macs,
             "params_before": count_params(self.context.base),
             "params_after": count_params(final.model),
-            "latency_ms": latency,
-            "speedup": {k: latency["before"][k] / latency["after"][k] for k in latency["before"]},
+            "latency_ms": medians,
+            "speedup": {k: medians["before"][k] / medians["after"][k] for k in medians["before"]},
             "seconds": self.seconds,
+            "latency_spread_ms": {
+                stage: {key: [t["q1_ms"], t["q3_ms"]] for key, t in timings.items()}
+                for stage, timings in latency.items()
+            },
+            "prediction": _prediction_note(predictor, realised, predicted),
+            "warnings": _latency_warnings(latency),
         }
 
     def _context_record(self) -> dict:
@@ -389,6 +426,39 @@ class _Pipeline:
             "data": context.data.describe(),
             "model": spec.to_dict() if spec is not None else None,
         }
+
+
+#: A timing whose interquartile range exceeds this fraction of its median is flagged.
+WIDE_SPREAD = 0.25
+
+
+def _latency_warnings(latency: dict) -> list[str]:
+    warnings = []
+    for stage, timings in latency.items():
+        for key, t in timings.items():
+            spread = (t["q3_ms"] - t["q1_ms"]) / t["median_ms"]
+            if spread > WIDE_SPREAD:
+                warnings.append(
+                    f"latency {stage} at {key.replace('_', ' ')} spread widely (interquartile "
+                    f"range {spread:.0%} of the median over {t['repeats']} runs): the machine "
+                    "was busy; time the saved model again on a quiet machine"
+                )
+    return warnings
+
+
+def _prediction_note(predictor, realised: Triple, predicted: float) -> dict:
+    """How far to trust the predicted accuracy: where it comes from, and if it extrapolates."""
+    lower, upper = predictor.bounds_
+    point = realised.as_tuple()
+    inside = all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(point, lower, upper))
+    return {
+        "raw": predicted,
+        "clipped": not 0.0 <= predicted <= 1.0,
+        "inside_sampled_box": inside,
+        "meaning": "validation accuracy after a short finetune (epochs_per_step), as the "
+        "samples were measured; the pruned model's accuracy is on the test split after "
+        "the final finetune, so it is usually higher",
+    }
 
 
 def _training_samples(predictor: LowRankPolynomialRegressor) -> list[Sample]:

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from .dims.depth import find_blocks, remove_blocks, select_blocks
+from .dims.depth import block_gains, blocks_to_keep, find_blocks, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, reduced_size
 from .measure import check_input_size, count_macs
 from .models import spec_of
@@ -75,6 +75,36 @@ def _cut_depth(model: nn.Module, d: float, *, gains, data, input_size, seed: int
     blocks_total = len(find_blocks(model, input_size=input_size))
     removed = select_blocks(model, d, gains=gains, data=data, input_size=input_size, seed=seed)
     return remove_blocks(model, removed), removed, blocks_total
+
+
+def _round_for_budget(model, requested: Triple, size, target_macs, gains, tolerance: float):
+    """Depth (as a ratio of whole blocks) and input side (pixels) to cut the model to.
+
+    Both round to the nearest whole block and pixel. With a MACs budget, width must then
+    remove what is left above it, so depth and resolution must not undercut the budget on
+    their own: if the nearest rounding does, the next block and the next pixel up are
+    tried, and the cheapest combination still at or above the budget is taken.
+    """
+    pixels = reduced_size(requested.r, size)
+    if target_macs is None:
+        return requested.d, pixels
+    blocks = find_blocks(model, input_size=size)
+    keep = blocks_to_keep(requested.d, blocks) if blocks and requested.d < 1 else len(blocks)
+    options = []
+    for more_blocks, more_pixels in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        kept = min(len(blocks), keep + more_blocks)
+        d = kept / len(blocks) if blocks else 1.0
+        side = (min(size[1], pixels[0] + more_pixels), min(size[2], pixels[1] + more_pixels))
+        names = select_blocks(model, d, gains=gains, input_size=size) if d < 1 else []
+        macs = count_macs(remove_blocks(model, names), (size[0], *side))
+        if (more_blocks, more_pixels) == (0, 0) and macs >= target_macs * (1 - tolerance):
+            return requested.d, pixels
+        if macs >= target_macs * (1 - tolerance):
+            options.append((macs, d, side))
+    if not options:  # width cannot help: _cut_width says so
+        return requested.d, pixels
+    _, d, side = min(options)
+    return d, side
 
 
 def _cut_width(
@@ -192,16 +222,19 @@ def realise(
         model, triple, input_size, target_flops_ratio, tolerance
     )
     base_macs = count_macs(model, size)
-    pixels = reduced_size(requested.r, size)
+    target_macs = None if target is None else target * base_macs
+    if requested.d < 1 and gains is None and data is not None:
+        gains = block_gains(model, data, seed=seed)  # once, for every rounding tried
+    d, pixels = _round_for_budget(model, requested, size, target_macs, gains, tolerance)
     small_size = (size[0], *pixels)
     shallow, removed, blocks_total = _cut_depth(
-        model, requested.d, gains=gains, data=data, input_size=size, seed=seed
+        model, d, gains=gains, data=data, input_size=size, seed=seed
     )
     channels_total = count_channels(shallow, small_size)
     thin, removal = _cut_width(
         shallow,
         requested.w,
-        None if target is None else target * base_macs,
+        target_macs,
         base_macs=base_macs,
         small_size=small_size,
         criterion=criterion,

@@ -107,7 +107,27 @@ def render_report_markdown(report: dict) -> str:
     """
     lines = ["# tridim report", "", "| quantity | value |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in _report_rows(report)]
+    lines += _notes(report)
     return "\n".join(lines) + "\n"
+
+
+def _notes(report: dict) -> list[str]:
+    """What the figures mean, and what to doubt (reports of tridim 0.1.0 have none)."""
+    notes = []
+    prediction = report.get("prediction")
+    if prediction:
+        notes.append(f"- predicted accuracy: {prediction['meaning']}.")
+        if prediction.get("offset_at_refine") is not None:
+            notes.append(
+                "- at the verified (refine) triple the measured validation accuracy was "
+                f"{prediction['offset_at_refine']:+.4f} off the prediction."
+            )
+        if prediction.get("clipped"):
+            notes.append(f"- the predictor gave {prediction['raw']:.4f}, clipped to [0, 1].")
+        if not prediction.get("inside_sampled_box", True):
+            notes.append("- the triple lies outside the sampled box: the prediction extrapolates.")
+    notes += [f"- warning: {text}" for text in report.get("warnings", [])]
+    return ["", *notes] if notes else []
 
 
 def _report_rows(report: dict) -> list[tuple[str, str]]:
@@ -120,7 +140,7 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
         ("triple (d, w, r)", f"({t['d']:.3f}, {t['w']:.3f}, {t['r']:.3f})"),
         ("base accuracy (test)", f"{report['base_accuracy']:.4f}"),
         ("pruned accuracy (test)", f"{report['accuracy']:.4f}"),
-        ("predicted accuracy", f"{report['predicted_accuracy']:.4f}"),
+        (_predicted_label(report), f"{report['predicted_accuracy']:.4f}"),
         ("MACs", f"{report['macs_before']:,} -> {report['macs_after']:,}"),
         ("params", f"{report['params_before']:,} -> {report['params_after']:,}"),
         ("latency batch 1 (ms)", _latency_cell(report, "batch_1")),
@@ -130,12 +150,21 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
     ]
 
 
+def _predicted_label(report: dict) -> str:
+    return "predicted accuracy (validation)" if report.get("prediction") else "predicted accuracy"
+
+
 def _latency_cell(report: dict, batch_key: str) -> str:
     lat = report["latency_ms"]
-    return (
+    cell = (
         f"{lat['before'][batch_key]:.2f} -> {lat['after'][batch_key]:.2f} "
         f"({report['speedup'][batch_key]:.2f}x)"
     )
+    spread = report.get("latency_spread_ms")
+    if spread:
+        before, after = spread["before"][batch_key], spread["after"][batch_key]
+        cell += f"; interquartile {before[0]:.2f}-{before[1]:.2f} -> {after[0]:.2f}-{after[1]:.2f}"
+    return cell
 
 
 # ---------------------------------------------------------------------- samples

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from scipy.optimize import brentq, minimize
 
-from tridim.space import Bounds, Triple, check_ratio
+from tridim.space import Bounds, Triple, check_ratio, flops_cost
 
 __all__ = ["Solution", "solve", "pareto", "GRID_TOLERANCE"]
 
@@ -366,14 +366,10 @@ def _box_gradient(
 # ---------------------------------------------------------------------- arguments
 
 
-def _default_cost(d: np.ndarray, w: np.ndarray, r: np.ndarray) -> np.ndarray:
-    return d * w**2 * r**2
-
-
 def _vectorise(cost: CostFunction | None) -> CostFunction:
     """The default cost, or ``cost`` made to accept arrays if it only takes scalars."""
     if cost is None:
-        return _default_cost
+        return flops_cost
     if not callable(cost):
         raise TypeError(f"cost must be callable, got {type(cost).__name__}")
     probe = np.array([0.5, 1.0])

@@ -29,6 +29,8 @@ def check_ratio(value: float, name: str) -> float:
     ValueError
         If ``value`` is not a finite number in (0, 1].
     """
+    if isinstance(value, (str, bytes, bool)):
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -51,14 +53,15 @@ def check_input_size(input_size: Sequence[int]) -> tuple[int, int, int]:
     return size  # type: ignore[return-value]
 
 
-def flops_cost(d: float, w: float, r: float) -> float:
+def flops_cost(d, w, r):
     """Analytic relative cost ``d * w**2 * r**2`` of a triple (original model = 1).
 
     Depth scales the number of layers linearly, width scales both the input and
     output channels of every convolution (hence squared), and resolution scales
-    both spatial sides of every feature map (hence squared).
+    both spatial sides of every feature map (hence squared). Works on numbers and,
+    elementwise, on numpy arrays.
     """
-    return float(d) * float(w) ** 2 * float(r) ** 2
+    return d * w**2 * r**2
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,7 @@ class Triple:
     @property
     def cost(self) -> float:
         """The analytic FLOPs ratio ``d * w**2 * r**2``."""
-        return flops_cost(self.d, self.w, self.r)
+        return float(flops_cost(self.d, self.w, self.r))
 
     def as_tuple(self) -> tuple[float, float, float]:
         """Return ``(d, w, r)``."""

@@ -87,6 +87,9 @@ class RunStore:
     def open(self, manifest: Mapping[str, Any]) -> None:
         """Create the folder for ``manifest``, or check that it already holds that run.
 
+        Sections the folder's manifest lacks are added (a run started by ``tridim
+        collect`` and continued by ``optimize`` gains the ``optimize`` settings).
+
         Raises
         ------
         RunMismatch
@@ -95,22 +98,33 @@ class RunStore:
         """
         path = self.path / MANIFEST
         manifest = json.loads(json.dumps(manifest))  # JSON-normalised, as it is stored
-        if not path.is_file():
+        existing = self.check(manifest)
+        if existing is None:
             atomic_write_json(path, manifest)
-            return
+        elif any(key not in existing for key in manifest):
+            atomic_write_json(path, {**existing, **manifest})
+
+    def check(self, manifest: Mapping[str, Any]) -> dict | None:
+        """Raise :class:`RunMismatch` if the folder holds a run that differs from
+        ``manifest`` in a field both have; return the folder's manifest (None if new).
+
+        Cheap: call it with what is known before training (data, settings) to fail fast.
+        """
+        path = self.path / MANIFEST
+        if not path.is_file():
+            return None
         try:
             existing = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise RunMismatch(f"{path} is corrupted; delete the workdir or pick another") from None
-        different = _differing_fields(existing, manifest)
+        different = _differing_fields(existing, json.loads(json.dumps(manifest)))
         if different:
             raise RunMismatch(
                 f"workdir {self.path} holds another run (different {', '.join(different)}); "
-                "refusing to mix journals. Use a new workdir, or delete this one to "
-                "start over."
+                "refusing to mix journals. Use a new workdir, or delete this one to start "
+                "over (on the command line: --force)."
             )
-        if any(key not in existing for key in manifest):  # e.g. `collect`, then `optimize`
-            atomic_write_json(path, {**existing, **manifest})
+        return existing
 
     # ------------------------------------------------------------------ journal
 

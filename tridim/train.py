@@ -171,6 +171,7 @@ class _Loop:
     evaluate_each_epoch: bool
     quiet: bool
     buffers: _BufferGuard
+    label: str = ""
 
 
 def _check_arguments(epochs: int, schedule: str, lr: float, label_smoothing: float) -> None:
@@ -279,7 +280,7 @@ def _train_epoch(loop: _Loop, loader, epoch: int, step: int) -> tuple[int, float
     running, seen = 0.0, 0
     bar = tqdm(
         loader,
-        desc=f"epoch {epoch + 1}/{loop.epochs}",
+        desc=f"{loop.label}{', ' if loop.label else ''}epoch {epoch + 1}/{loop.epochs}",
         leave=False,
         disable=loop.quiet,
         unit="batch",
@@ -347,6 +348,7 @@ def train(
     checkpoint_path: str | os.PathLike | None = None,
     evaluate_each_epoch: bool = True,
     quiet: bool = False,
+    label: str = "",
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train`` and return the history.
 
@@ -384,6 +386,8 @@ def train(
         Record validation accuracy after each epoch.
     quiet : bool
         Hide progress bars.
+    label : str
+        Prefix of the progress bar (e.g. ``"width 3/4"`` gives ``width 3/4, epoch 1/2``).
 
     Returns
     -------
@@ -431,6 +435,7 @@ def train(
         evaluate_each_epoch=evaluate_each_epoch,
         quiet=quiet,
         buffers=_BufferGuard(model),
+        label=label,
     )
     torch.manual_seed(seed + first_epoch)
     start_time = time.perf_counter()

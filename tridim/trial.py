@@ -71,6 +71,8 @@ class Trial:
         Distil from the base model while finetuning.
     split : str
         The data split the accuracy is measured on.
+    label : str
+        How progress bars name the trial (e.g. ``"width 3/4"``); the key if empty.
     """
 
     key: str
@@ -85,6 +87,7 @@ class Trial:
     triple: Triple | None = None
     distill: bool = False
     split: str = "val"
+    label: str = ""
 
     @property
     def journaled(self) -> bool:
@@ -173,6 +176,7 @@ def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
         evaluate_each_epoch=False,
         checkpoint_path=context.store.checkpoint_path(trial.key),
         quiet=context.quiet,
+        label=trial.label or trial.key,
     )
 
 

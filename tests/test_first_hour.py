@@ -1,0 +1,283 @@
+"""A new user's first hour (issue 12): each finding, as a user meets it, stays fixed."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import randomise_batchnorm
+
+import tridim
+from tridim import models
+from tridim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny(digits):
+    return digits.subset(train=256, val=128, test=128)
+
+
+@pytest.fixture(scope="module")
+def base_model(tiny):
+    from tridim.train import train
+
+    torch.manual_seed(0)
+    model = models.build("resnet20", 10, 1)
+    train(model, tiny, 3, quiet=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny, base_model, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=workdir,
+        rounds=2,
+        epochs_per_step=1,
+        final_epochs=1,
+        refine=0,
+        quiet=True,
+        latency_repeats=3,
+        latency_batch=8,
+    )
+    return workdir, result
+
+
+def _no_training(monkeypatch):
+    """Make any training fail loudly: the call under test must refuse before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained before checking the arguments")
+
+    monkeypatch.setattr("tridim.train.train", refuse)
+    monkeypatch.setattr("tridim.trial.train", refuse)
+    monkeypatch.setattr("tridim.train._run_epochs", refuse)
+
+
+# ---------------------------------------------------------------------- 1. predictor reuse
+
+
+def test_reused_predictor_refines_on_its_own_samples_in_a_fresh_workdir(
+    tiny, base_model, fitted_run, tmp_path
+):
+    predictor = tridim.LowRankPolynomialRegressor.load(fitted_run[0] / "predictor.json")
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.3,
+        workdir=tmp_path,
+        predictor=predictor,
+        epochs_per_step=1,
+        final_epochs=0,
+        refine=1,
+        quiet=True,
+        latency_repeats=2,
+        latency_batch=8,
+    )
+    # refit on the predictor's 7 samples plus the refine sample, not on the refine alone
+    assert result.report["n_samples"] == len(predictor.y_train_) + 1
+    assert abs(result.macs_ratio - 0.3) <= 0.01 * 0.3
+    assert result.report["settings"]["reused_predictor"] is True
+
+
+def test_budget_outside_the_reused_predictor_is_refused_before_training(
+    tiny, base_model, fitted_run, tmp_path, monkeypatch
+):
+    predictor = tridim.LowRankPolynomialRegressor.load(fitted_run[0] / "predictor.json")
+    _no_training(monkeypatch)
+    with pytest.raises(
+        ValueError,
+        match=r"outside what the reused predictor covers.*spanning FLOPs ratios 0\.1\d+ to 1\.0000",
+    ):
+        tridim.optimize(base_model, tiny, 0.05, workdir=tmp_path / "w", predictor=predictor)
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------- 2. realise rounding
+
+
+def test_realise_rounds_depth_and_resolution_so_width_can_still_meet_the_budget(digits):
+    model = randomise_batchnorm(models.build("resnet20", 10, 1)).eval()
+    # 6.46 of 9 blocks -> 6, 13.3 px -> 13: (6/9) * (13/16)^2 = 0.44 < 0.5 on their own
+    pruned, plan = tridim.realise(
+        model,
+        tridim.Triple(0.718, 1.0, 0.834),
+        input_size=(1, 16, 16),
+        data=digits,
+        target_flops_ratio=0.5,
+    )
+    assert abs(plan.macs_ratio - 0.5) <= 0.01 * 0.5
+    assert tridim.count_macs(pruned, (1, 16, 16)) == plan.macs
+    assert plan.requested == tridim.Triple(0.718, 1.0, 0.834)  # what was asked stays on record
+
+
+def test_report_clips_the_prediction_and_says_what_it_means(fitted_run):
+    report = fitted_run[1].report
+    assert 0.0 <= report["predicted_accuracy"] <= 1.0
+    assert {"raw", "clipped", "inside_sampled_box", "meaning"} <= set(report["prediction"])
+    markdown = (fitted_run[0] / "report.md").read_text()
+    assert "predicted accuracy (validation)" in markdown and "test split" in markdown
+
+
+# ---------------------------------------------------------------------- 3. checks first
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"target_flops_ratio": "0.5"}, "must be a number"),
+        ({"criterion": "nonsense"}, "criterion must be one of"),
+        ({"rounds": 0}, "rounds must be a positive integer"),
+        ({"epochs_per_step": -1}, "epochs_per_step must be a non-negative integer"),
+        ({"final_epochs": 1.5}, "final_epochs must be an integer"),
+        ({"refine": -1}, "refine must be a non-negative integer"),
+    ],
+)
+def test_bad_arguments_fail_before_any_work_and_write_nothing(
+    tiny, base_model, tmp_path, monkeypatch, overrides, message
+):
+    _no_training(monkeypatch)
+    arguments = {"target_flops_ratio": 0.5, **overrides}
+    with pytest.raises(ValueError, match=message):
+        tridim.optimize(base_model, tiny, workdir=tmp_path / "w", quiet=True, **arguments)
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_a_bad_target_within_seconds_and_writes_nothing(tmp_path, capsys):
+    started = time.perf_counter()
+    status = main(["optimize", "--target", "1.5", "--workdir", str(tmp_path / "w")])
+    assert status == 2 and time.perf_counter() - started < 30
+    assert "target_flops_ratio must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_names_the_differing_setting_before_training(fitted_run, tmp_path, capsys):
+    store = fitted_run[0]
+    status = main(["optimize", "--workdir", str(store), "--criterion", "l1", "--rounds", "2"])
+    error = capsys.readouterr().err
+    assert status == 2 and "settings.criterion" in error and "--force" in error
+    assert not (store / "base").exists()  # the refusal came before training a base model
+
+
+# ---------------------------------------------------------------------- 4. no tracebacks
+
+
+def _cli_error(arguments: list[str], capsys) -> str:
+    status = main(arguments)
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert "Traceback" not in captured.err
+    return captured.err.strip()
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not weights\n")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert "not a weights-only PyTorch state dict" in _cli_error(
+        ["optimize", "--weights", str(notes), "--workdir", str(tmp_path / "w")], capsys
+    )
+    assert "is a file" in _cli_error(["optimize", "--workdir", str(a_file)], capsys)
+    assert "--size is for digits only" in _cli_error(
+        ["info", "--data", "fashion-mnist", "--data-root", str(tmp_path), "--size", "32"], capsys
+    )
+    assert "digits takes no option root" in _cli_error(
+        ["info", "--data", "digits", "--data-root", str(tmp_path)], capsys
+    )
+
+
+def test_cli_report_plots_into_a_file_is_refused(fitted_run, tmp_path, capsys):
+    a_file = tmp_path / "figures.png"
+    a_file.write_text("x")
+    message = _cli_error(["report", str(fitted_run[0]), "--plots", str(a_file)], capsys)
+    assert "is a file" in message
+
+
+def test_weights_of_another_model_name_what_does_not_fit(tmp_path, capsys):
+    weights = tmp_path / "resnet32.pt"
+    torch.save(models.build("resnet32", 10, 1).state_dict(), weights)
+    message = _cli_error(
+        ["optimize", "--weights", str(weights), "--workdir", str(tmp_path / "w")], capsys
+    )
+    assert "does not fit resnet20" in message and "unexpected ['layer1.3" in message
+
+
+# ---------------------------------------------------------------------- 5. finished runs
+
+
+def test_latency_is_reported_with_its_spread(fitted_run):
+    report = fitted_run[1].report
+    for stage in ("before", "after"):
+        for key, (q1, q3) in report["latency_spread_ms"][stage].items():
+            assert q1 <= report["latency_ms"][stage][key] <= q3
+    assert isinstance(report["warnings"], list)
+    assert "interquartile" in (fitted_run[0] / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------- 6. progress
+
+
+def test_quiet_runs_print_one_line_per_stage(tiny, base_model, tmp_path, capsys):
+    tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
+    err = capsys.readouterr().err
+    assert "tridim: collect: 3 trial(s)" in err and "tridim: collect: done in" in err
+
+
+def test_epoch_bars_name_their_trial(tiny, capsys):
+    from tridim.train import train
+
+    model = models.build("resnet20", 10, 1)
+    train(
+        model, tiny.subset(train=64), 1, quiet=False, label="width 3/4", evaluate_each_epoch=False
+    )
+    assert "width 3/4, epoch 1/1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- 7. help
+
+
+def test_help_lists_choices_and_defaults_and_bare_tridim_exits_2(capsys):
+    assert main([]) == 2
+    assert "usage: tridim" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["optimize", "--help"])
+    text = re.sub(r"\s+", " ", capsys.readouterr().out)
+    for expected in ("bn_scale,taylor", "(default: bn_scale)", "(default: 4)", "(default: 0)"):
+        assert expected in text
+    assert "8 to 64 pixels" in text
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"tridim {tridim.__version__}"
+
+
+# ---------------------------------------------------------------------- the README
+
+
+def _readme_command_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+    return next(b for b in blocks if "tridim export-onnx" in b)
+
+
+def test_readme_command_line_block_runs_top_to_bottom(tmp_path):
+    script = "set -euo pipefail\n" + _readme_command_block()
+    done = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=1500
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "runs" / "t0.3" / "report.json").read_text())
+    assert abs(report["macs_ratio"] - 0.3) <= 0.01 * 0.3
+    assert report["n_samples"] == 15  # the reused predictor's 14 samples + its refine sample
+    assert (tmp_path / "model.onnx").is_file()
+    assert not (tmp_path / "runs" / "t0.3" / "base").exists()  # reused, not retrained

@@ -1,0 +1,52 @@
+"""Progress of a run's stages: one bar per stage, or one line per stage when quiet.
+
+A stage (``collect``, ``refine``, ``final``) counts its trials; each trial's training
+shows its own epoch bar beneath, labelled with the trial (``width 3/4, epoch 1/2``).
+With ``quiet`` the bars are hidden and each stage prints one line when it starts and one
+when it ends, so a long quiet run still says what it is doing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+__all__ = ["Stage"]
+
+
+class Stage:
+    """A stage of ``total`` trials; use as a context manager and call :meth:`advance`.
+
+    Parameters
+    ----------
+    name : str
+        Shown in front of the bar (and in the quiet lines).
+    total : int
+        Trials in the stage, including those a resumed run will skip.
+    quiet : bool
+        Print a line at the start and at the end instead of drawing a bar.
+    """
+
+    def __init__(self, name: str, total: int, *, quiet: bool = False) -> None:
+        self.name, self.total, self.quiet = name, total, quiet
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=total, desc=name, unit="trial", disable=quiet, leave=True)
+
+    def __enter__(self) -> Stage:
+        if self.quiet:
+            print(f"tridim: {self.name}: {self.total} trial(s)", file=sys.stderr, flush=True)
+        return self
+
+    def advance(self, note: str = "") -> None:
+        """One more trial finished; ``note`` (e.g. its accuracy) is shown beside the bar."""
+        self.bar.update(1)
+        if note:
+            self.bar.set_postfix_str(note)
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+        if self.quiet and exc[0] is None:
+            seconds = time.perf_counter() - self.started
+            print(f"tridim: {self.name}: done in {seconds:.1f} s", file=sys.stderr, flush=True)
