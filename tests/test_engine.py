@@ -308,9 +308,26 @@ def test_model_without_removable_blocks_keeps_depth_and_saves(tiny, tmp_path):
     assert torch.allclose(loaded(x), result.model.eval()(x), atol=1e-5)
 
 
-def test_model_without_batchnorm_needs_another_criterion(tiny, tmp_path):
+def test_model_without_batchnorm_gets_a_criterion_that_needs_none(tiny, tmp_path):
     with pytest.raises(ValueError, match="criterion='l1'"):
-        tridim.optimize(_plain_cnn(batchnorm=False), tiny, 0.5, workdir=tmp_path)
+        tridim.optimize(
+            _plain_cnn(batchnorm=False), tiny, 0.5, workdir=tmp_path / "a", criterion="bn_scale"
+        )
+    result = tridim.optimize(
+        _plain_cnn(batchnorm=False),
+        tiny,
+        0.5,
+        workdir=tmp_path / "b",
+        rounds=1,
+        epochs_per_step=0,
+        final_epochs=0,
+        refine=0,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+    )
+    assert result.report["settings"]["criterion"] == "l1"  # "auto" resolved, and said so
+    assert abs(result.macs_ratio - 0.5) <= 0.005
 
 
 def test_target_below_reach_states_the_floor(tiny, base_model, tmp_path):

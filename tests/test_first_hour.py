@@ -136,7 +136,7 @@ def test_report_clips_the_prediction_and_says_what_it_means(fitted_run):
     "overrides, message",
     [
         ({"target_flops_ratio": "0.5"}, "must be a number"),
-        ({"criterion": "nonsense"}, "criterion must be one of"),
+        ({"criterion": "nonsense"}, "criterion must be auto or one of"),
         ({"rounds": 0}, "rounds must be a positive integer"),
         ({"epochs_per_step": -1}, "epochs_per_step must be a non-negative integer"),
         ({"final_epochs": 1.5}, "final_epochs must be an integer"),
@@ -253,7 +253,7 @@ def test_help_lists_choices_and_defaults_and_bare_tridim_exits_2(capsys):
     with pytest.raises(SystemExit):
         main(["optimize", "--help"])
     text = re.sub(r"\s+", " ", capsys.readouterr().out)
-    for expected in ("bn_scale,taylor", "(default: bn_scale)", "(default: 4)", "(default: 0)"):
+    for expected in ("auto,bn_scale,taylor", "(default: auto", "(default: 4)", "(default: 0)"):
         assert expected in text
     assert "8 to 64 pixels" in text
     with pytest.raises(SystemExit):

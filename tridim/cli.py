@@ -20,13 +20,14 @@ def _table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     return format_table(rows, columns, float_format=".4g") or "(no rows)"
 
 
-def _write_json(path: str | Path | None, payload) -> None:
+def _write_json(path: str | Path | None, payload, *, quiet: bool = False) -> None:
     if path is None:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    from .atomic import atomic_write_json
+
+    atomic_write_json(path, payload)
+    if not quiet:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _data_options(args: argparse.Namespace) -> dict:
@@ -181,7 +182,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _criteria() -> tuple[str, ...]:
     from .dims.criteria import CRITERIA
 
-    return CRITERIA
+    return ("auto", *CRITERIA)
 
 
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -214,9 +215,9 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--criterion",
-        default="bn_scale",
+        default="auto",
         choices=_criteria(),
-        help="width criterion (default: bn_scale)",
+        help="width criterion (default: auto = bn_scale with BatchNorm, else l1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seeds everything (default: 0)")
     parser.add_argument(
@@ -271,12 +272,17 @@ def _workdir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{args.model}-{data}-t{args.target:g}"
 
 
-def _collection_settings(args: argparse.Namespace):
+def _collection_settings(args: argparse.Namespace, bundle=None):
+    """The collection settings, validated; with the data, ``auto`` criterion resolved."""
+    from . import models
     from .collect import CollectionSettings
 
-    return CollectionSettings(
+    settings = CollectionSettings(
         args.target, args.rounds, args.epochs_per_step, args.criterion, args.seed
     )
+    if bundle is None or settings.criterion != "auto":
+        return settings
+    return settings.for_model(models.build(args.model, bundle.num_classes, bundle.input_shape[0]))
 
 
 def _open_workdir(args: argparse.Namespace, bundle, sections: dict):
@@ -387,6 +393,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
         _check_predictor_covers(predictor, collection.target_flops_ratio)
     bundle = datasets.load(args.data, **_data_options(args))
+    collection = _collection_settings(args, bundle)
     sections = {"settings": asdict(collection), "optimize": settings.manifest()}
     store = _open_workdir(args, bundle, sections)
     model = _base_model(args, bundle, store.path)
@@ -431,8 +438,9 @@ def _run_collect(args: argparse.Namespace) -> int:
     from .collect import collect
     from .store import JOURNAL
 
-    collection = _collection_settings(args)
+    _collection_settings(args)
     bundle = datasets.load(args.data, **_data_options(args))
+    collection = _collection_settings(args, bundle)
     store = _open_workdir(args, bundle, {"settings": asdict(collection)})
     workdir = store.path
     model = _base_model(args, bundle, workdir)
@@ -822,6 +830,68 @@ def _run_bench_width(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_zoo(benches) -> None:
+    parser = benches.add_parser(
+        "zoo",
+        help="every torchvision classifier through width, depth, resolution, realise, reload",
+        description="Sweep model families: each step ends ok, n/a, refused (with the "
+        "reason and what to do) or error (unexplained: a bug). Rows are written to "
+        "--json-out as they finish.",
+    )
+    parser.add_argument(
+        "--models",
+        help="comma-separated names (default: every torchvision classifier; "
+        "timm:<name> for timm models)",
+    )
+    parser.add_argument("--size", type=int, default=64, help="input side (default: 64)")
+    parser.add_argument("--channels", type=int, default=3, help="input channels (default: 3)")
+    parser.add_argument(
+        "--max-params",
+        type=float,
+        default=150.0,
+        help="skip models over this many million parameters (default: 150)",
+    )
+    parser.add_argument("--json-out", help="write the rows to this JSON file")
+    parser.set_defaults(handler=_run_bench_zoo)
+
+
+def _run_bench_zoo(args: argparse.Namespace) -> int:
+    from .bench.zoo import run_zoo_bench, summary
+
+    rows: list[dict] = []
+
+    def keep(row: dict) -> None:
+        rows.append(row)
+        print(
+            " | ".join(str(row.get(k, "")) for k in ("model", "width", "depth", "seconds")),
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.json_out:
+            _write_json(args.json_out, rows, quiet=True)
+
+    names = _split_list(args.models) if args.models else None
+    run_zoo_bench(
+        names, size=args.size, channels=args.channels, max_params_m=args.max_params, on_row=keep
+    )
+    columns = [
+        "model",
+        "params_m",
+        "input",
+        "criterion",
+        "width",
+        "depth",
+        "resolution",
+        "realise",
+        "reload",
+        "seconds",
+    ]
+    print(_table(rows, columns))
+    print(json.dumps(summary(rows)))
+    _write_json(args.json_out, rows)
+    return 0
+
+
 def _add_bench(sub) -> None:
     parser = sub.add_parser(
         "bench",
@@ -835,7 +905,7 @@ def _add_bench(sub) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 
-_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_width, _add_bench_dims]
+_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_width, _add_bench_dims, _add_bench_zoo]
 _COMMANDS: list[Callable] = [
     _add_optimize,
     _add_collect,

@@ -15,6 +15,7 @@ nothing is lost and nothing is written twice.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import math
 import numbers
@@ -52,12 +53,16 @@ MIN_SIDE = 4
 
 @dataclass(frozen=True)
 class CollectionSettings:
-    """The settings a collection is defined by, validated; a run folder holds one."""
+    """The settings a collection is defined by, validated; a run folder holds one.
+
+    ``criterion="auto"`` stands for ``bn_scale`` on a model with BatchNorm and ``l1``
+    (filter L1 norms, data-free) on one without; :meth:`for_model` resolves it.
+    """
 
     target_flops_ratio: float
     rounds: int = 4
     epochs_per_step: int = 2
-    criterion: str = "bn_scale"
+    criterion: str = "auto"
     seed: int = 0
     overshoot: float = 0.0
     lr: float = 0.02
@@ -72,14 +77,26 @@ class CollectionSettings:
         _check_count(self.rounds, "rounds", minimum=1)
         _check_count(self.epochs_per_step, "epochs_per_step", minimum=0)
         _check_count(self.seed, "seed", minimum=None)
-        if self.criterion not in CRITERIA:
+        if self.criterion not in ("auto", *CRITERIA):
             raise ValueError(
-                f"criterion must be one of {', '.join(CRITERIA)}; got {self.criterion!r}"
+                f"criterion must be auto or one of {', '.join(CRITERIA)}; got {self.criterion!r}"
             )
         if not 0.0 <= self.overshoot < 0.5:
             raise ValueError(f"overshoot must be in [0, 0.5), got {self.overshoot}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    def for_model(self, model: nn.Module) -> CollectionSettings:
+        """These settings with ``criterion="auto"`` resolved for ``model``."""
+        if self.criterion != "auto":
+            return self
+        return dataclasses.replace(self, criterion=auto_criterion(model))
+
+
+def auto_criterion(model: nn.Module) -> str:
+    """``bn_scale`` if the model has BatchNorm layers, else ``l1`` (needs no BatchNorm)."""
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return "bn_scale" if has_bn else "l1"
 
 
 def _check_count(value, name: str, *, minimum: int | None) -> None:
@@ -164,7 +181,7 @@ def collect(
     workdir: str | os.PathLike,
     rounds: int = 4,
     epochs_per_step: int = 2,
-    criterion: str = "bn_scale",
+    criterion: str = "auto",
     seed: int = 0,
     overshoot: float = 0.0,
     lr: float = 0.02,
@@ -189,7 +206,8 @@ def collect(
     epochs_per_step : int
         Finetuning epochs after each pruning step.
     criterion : str
-        Width criterion (see :mod:`tridim.dims.criteria`).
+        Width criterion (see :mod:`tridim.dims.criteria`); ``"auto"`` (default) takes
+        ``bn_scale`` on a model with BatchNorm, else ``l1``.
     seed : int
         Seeds every step; the same seed gives the same samples, with or without a resume.
     overshoot : float
@@ -209,7 +227,7 @@ def collect(
     """
     settings = CollectionSettings(
         target_flops_ratio, rounds, epochs_per_step, criterion, seed, overshoot, lr
-    )
+    ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet)
     return run_collection(context, settings, executor=executor)
 

@@ -168,9 +168,10 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options) -> 
     Parameters
     ----------
     name : str
-        ``"resnet20"``, ``"resnet32"``, ``"resnet56"``, ``"resnet110"`` (CIFAR-style), or
+        ``"resnet20"``, ``"resnet32"``, ``"resnet56"``, ``"resnet110"`` (CIFAR-style),
         any torchvision classification model name (``"resnet18"``, ``"mobilenet_v2"``,
-        ``"vgg11_bn"``, ``"densenet121"``, ...). Weights are never downloaded.
+        ``"vgg11_bn"``, ``"densenet121"``, ...), or ``"timm:<name>"`` for a timm model
+        (``pip install 'tridim[timm]'``). Weights are never downloaded.
     num_classes : int
         Number of output classes.
     in_channels : int
@@ -197,6 +198,8 @@ def build(name: str, num_classes: int = 10, in_channels: int = 3, **options) -> 
         if not width > 0:
             raise ValueError(f"width must be positive, got {width}")
         model = cifar_resnet(CIFAR_RESNET_DEPTHS[key], num_classes, in_channels, width)
+    elif key.startswith("timm:"):
+        model = _build_timm(key[len("timm:") :], num_classes, in_channels, options)
     else:
         model = _build_torchvision(key, num_classes, in_channels, options)
     model.tridim_spec = ModelSpec(key, num_classes, in_channels, dict(options))
@@ -225,6 +228,21 @@ def _build_torchvision(name: str, num_classes: int, in_channels: int, options: d
     if in_channels != 3:
         _adapt_first_conv(model, in_channels)
     return model
+
+
+def _build_timm(name: str, num_classes: int, in_channels: int, options: dict):
+    try:
+        import timm
+    except ImportError:
+        raise ImportError(f"timm:{name} needs timm: pip install 'tridim[timm]'") from None
+    if options.get("pretrained") or "pretrained_cfg_overlay" in options:
+        raise ValueError("tridim never downloads weights: load a local state dict instead")
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models()")
+    options = {k: v for k, v in options.items() if k != "pretrained"}
+    return timm.create_model(
+        name, pretrained=False, num_classes=num_classes, in_chans=in_channels, **options
+    )
 
 
 def _adapt_first_conv(model: nn.Module, in_channels: int) -> None:

@@ -132,7 +132,7 @@ def optimize(
     final_epochs: int = 8,
     refine: int = 1,
     distill: bool = True,
-    criterion: str = "bn_scale",
+    criterion: str = "auto",
     degree: int = 3,
     rank: int = 1,
     lr: float = 0.02,
@@ -167,7 +167,8 @@ def optimize(
     distill : bool
         Distil from the original model while finetuning the final model.
     criterion : str
-        Width criterion (see :mod:`tridim.dims.criteria`).
+        Width criterion (see :mod:`tridim.dims.criteria`); ``"auto"`` (default) takes
+        ``bn_scale`` on a model with BatchNorm, else ``l1`` (the report says which).
     degree, rank : int
         The predictor's polynomial degree and CP rank.
     lr : float
@@ -198,6 +199,7 @@ def optimize(
     if predictor is not None:
         _check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
+    collection = collection.for_model(model)
     _check_reachable(model, check_input_size(data.input_shape), collection.target_flops_ratio)
     manifest = {"optimize": settings.manifest()}
     if predictor is not None:

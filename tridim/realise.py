@@ -23,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import TensorDataset
 
 from .dims.depth import block_gains, blocks_to_keep, find_blocks, remove_blocks, select_blocks
-from .dims.resolution import ResolutionWrapper, reduced_size
+from .dims.resolution import ResolutionWrapper, check_runs_at, reduced_size
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .plan import Plan
@@ -230,6 +230,8 @@ def realise(
     shallow, removed, blocks_total = _cut_depth(
         model, d, gains=gains, data=data, input_size=size, seed=seed
     )
+    if small_size != size:
+        check_runs_at(shallow, small_size)
     channels_total = count_channels(shallow, small_size)
     thin, removal = _cut_width(
         shallow,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..measure import check_input_size
 from ..space import check_ratio
 
-__all__ = ["ResolutionWrapper", "with_resolution", "reduced_size"]
+__all__ = ["ResolutionWrapper", "with_resolution", "reduced_size", "check_runs_at"]
 
 
 def reduced_size(r: float, input_size: Sequence[int]) -> tuple[int, int]:
@@ -114,6 +114,24 @@ class ResolutionWrapper(nn.Module):
         )
 
 
+def check_runs_at(model: nn.Module, input_size: Sequence[int]) -> None:
+    """Raise a ValueError naming the size if ``model`` cannot run on ``(C, H, W)`` inputs."""
+    size = check_input_size(input_size)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *size))
+    except Exception as error:  # shape checks raise RuntimeError or AssertionError
+        message = " ".join(str(error).split())[:200]
+        raise ValueError(
+            f"the model does not run at {size[1]}x{size[2]} pixels ({type(error).__name__}: "
+            f"{message}); its input size is fixed or too small for its pooling: keep r "
+            "higher, or r = 1 for a fixed-size model"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
 def with_resolution(
     model: nn.Module,
     r: float,
@@ -145,6 +163,12 @@ def with_resolution(
     -------
     ResolutionWrapper
 
+    Raises
+    ------
+    ValueError
+        If the model does not run at the reduced size (a fixed-size model such as a
+        ViT, or too many pooling stages for so small an image).
+
     Examples
     --------
     >>> import torch.nn as nn
@@ -155,6 +179,7 @@ def with_resolution(
     """
     size = reduced_size(r, input_size)
     inner = model.model if isinstance(model, ResolutionWrapper) else model
+    check_runs_at(inner, (check_input_size(input_size)[0], *size))
     return ResolutionWrapper(
         inner, size, input_size, expect_small_inputs=expect_small_inputs, antialias=antialias
     )
