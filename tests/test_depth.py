@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 from torchvision.models import mobilenetv2, resnet
+from torchvision.ops import StochasticDepth
 
+from tridim.dims import depth
 from tridim.dims.depth import (
     BlockGain,
     block_gains,
@@ -169,3 +171,145 @@ def test_bad_inputs():
         remove_blocks(pruned, ["layer1.1"])
     with pytest.raises(ValueError, match="input_size"):
         find_blocks(model, input_size=(3, 16, 16))
+
+
+# ---------------------------------------------------------------- blocks found by structure
+
+
+@pytest.mark.parametrize(
+    "name", ["resnet20", "resnet56", "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small"]
+)
+def test_structure_finds_the_blocks_of_the_known_classes(name):
+    model = build(name, 10, 3)
+    size = (3, 32, 32)
+    by_class = find_blocks(model, input_size=size)
+    assert by_class == depth._blocks_by_class(model, [], size)  # the fast path is taken
+    assert depth._structural_blocks(model, [], size) == by_class
+
+
+class _PreAct(nn.Module):
+    """Pre-activation block, no activation after the sum: its input may be negative."""
+
+    def __init__(self, channels: int, shortcut: nn.Module | None = None, drop: float = 0.0):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(channels)
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.shortcut = shortcut if shortcut is not None else nn.Identity()
+        self.drop = StochasticDepth(drop, "row")
+
+    def forward(self, x):
+        return self.shortcut(x) + self.drop(self.conv(torch.relu(self.bn(x))))
+
+
+class _Group(nn.Module):
+    """A residual group: a convolution after two residual blocks, around them a shortcut."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(_PreAct(channels), _PreAct(channels))
+        self.tail = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x + self.tail(self.body(x))
+
+
+class _Gate(nn.Module):
+    """Squeeze-excitation: keeps the shape, is not residual."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.fc = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean(dim=(2, 3), keepdim=True)))
+
+
+class _Stage(nn.Module):
+    """A stage holding its blocks in a ModuleList, with an unused block."""
+
+    def __init__(self, channels: int, n: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(_PreAct(channels, drop=0.5) for _ in range(n))
+        self.unused = _PreAct(channels)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class _SkipWrapper(nn.Module):
+    """Stochastic depth around a whole block: skips it at random while training."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        if self.training and torch.rand(()) < 0.5:
+            return x
+        return self.block(x)
+
+
+class _Mixed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, 4, 3, padding=1)  # no activation: negative block inputs
+        self.stage = _Stage(4, 2)
+        self.plain = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.gate = _Gate(4)
+        self.group = _Group(4)
+        self.projected = _PreAct(4, shortcut=nn.Conv2d(4, 4, 1))  # same shape, projection
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):
+        x = self.group(self.gate(self.plain(self.stage(self.stem(x)))))
+        return self.head(self.projected(x).mean(dim=(2, 3)))
+
+
+def test_structure_finds_residual_units_of_any_class():
+    model = _Mixed().train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    blocks = find_blocks(model, input_size=(1, 8, 8))
+    assert [(b.name, b.kind, b.removable) for b in blocks] == [
+        ("stage.blocks.0", "_PreAct", True),
+        ("stage.blocks.1", "_PreAct", True),
+        ("group", "_Group", True),  # the outermost unit, not the blocks inside it
+        ("projected", "_PreAct", False),  # a block of the class, its shortcut is no identity
+    ]
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    smaller = remove_blocks(model, [b.name for b in blocks if b.removable]).eval()
+    assert smaller(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_structure_skips_chains_and_keeps_blocks_the_model_needs():
+    class Needy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 4, 3, padding=1)
+            self.chain = nn.Sequential(_PreAct(4), nn.Sequential(_PreAct(4), _PreAct(4)))
+            self.wrapped = _SkipWrapper(_PreAct(4))
+            self.needed = _PreAct(4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            x = self.needed(self.wrapped(self.chain(self.stem(x))))
+            x = x * self.needed.bn.weight.view(1, -1, 1, 1)  # breaks without the block
+            return self.head(x.mean(dim=(2, 3)))
+
+    blocks = find_blocks(Needy(), input_size=(1, 8, 8))
+    assert [(b.name, b.removable) for b in blocks] == [
+        ("chain.0", True),
+        ("chain.1.0", True),
+        ("chain.1.1", True),
+        ("wrapped.block", True),
+        ("needed", False),
+    ]
+
+
+def test_identity_at_zero_refuses_a_zero_example():
+    block = _PreAct(4).eval()
+    assert depth._is_identity_at_zero(block, torch.randn(1, 4, 5, 5))
+    assert not depth._is_identity_at_zero(block, torch.zeros(1, 4, 5, 5))
+    assert not depth._is_identity_at_zero(_Gate(4), torch.randn(1, 4, 5, 5))
