@@ -225,13 +225,14 @@ def realise(
     target_macs = None if target is None else target * base_macs
     if requested.d < 1 and gains is None and data is not None:
         gains = block_gains(model, data, seed=seed)  # once, for every rounding tried
+    nearest = reduced_size(requested.r, size)
+    if nearest != size[1:]:
+        check_runs_at(model, (size[0], *nearest))
     d, pixels = _round_for_budget(model, requested, size, target_macs, gains, tolerance)
     small_size = (size[0], *pixels)
     shallow, removed, blocks_total = _cut_depth(
         model, d, gains=gains, data=data, input_size=size, seed=seed
     )
-    if small_size != size:
-        check_runs_at(shallow, small_size)
     channels_total = count_channels(shallow, small_size)
     thin, removal = _cut_width(
         shallow,
