@@ -16,6 +16,27 @@ def digits():
     return data.load("digits")
 
 
+@pytest.fixture(scope="session")
+def tiny(digits):
+    """A small slice of digits, so a whole collection or optimize run takes seconds."""
+    return digits.subset(train=256, val=128, test=128)
+
+
+@pytest.fixture(scope="session")
+def base_model(tiny):
+    """A ResNet-20 trained 3 epochs on ``tiny`` (seeded): the base of the engine tests.
+
+    Tests must not modify it (tridim's entry points copy the model they are given).
+    """
+    from tridim import models
+    from tridim.train import train
+
+    torch.manual_seed(0)
+    model = models.build("resnet20", 10, 1)
+    train(model, tiny, 3, quiet=True)
+    return model
+
+
 def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every BatchNorm varied scales, shifts and running statistics (in place).
 

@@ -24,22 +24,6 @@ from tridim.store import JOURNAL as JOURNAL_NAME
 EPOCHS = 1
 
 
-@pytest.fixture(scope="module")
-def tiny(digits):
-    """A small slice of digits, so a whole collection takes seconds."""
-    return digits.subset(train=256, val=128, test=128)
-
-
-@pytest.fixture(scope="module")
-def base_model(tiny):
-    from tridim.train import train
-
-    torch.manual_seed(0)
-    model = models.build("resnet20", 10, 1)
-    train(model, tiny, 3, quiet=True)
-    return model
-
-
 def _values(samples):
     return {s.extra["key"]: (s.d, s.w, s.r, s.accuracy) for s in samples}
 

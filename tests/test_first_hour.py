@@ -20,21 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def tiny(digits):
-    return digits.subset(train=256, val=128, test=128)
-
-
-@pytest.fixture(scope="module")
-def base_model(tiny):
-    from tridim.train import train
-
-    torch.manual_seed(0)
-    model = models.build("resnet20", 10, 1)
-    train(model, tiny, 3, quiet=True)
-    return model
-
-
-@pytest.fixture(scope="module")
 def fitted_run(tiny, base_model, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("run")
     result = tridim.optimize(

@@ -92,6 +92,9 @@ MODELS = [
     "mobilenet_v2",
     "mobilenet_v3_small",
     "densenet121",
+    "resnext50_32x4d",  # grouped 3x3 convolutions (32 groups)
+    "regnet_x_400mf",  # grouped convolutions, groups of 16 channels
+    "regnet_y_400mf",  # grouped convolutions and squeeze-excitation
 ]
 
 
@@ -226,6 +229,42 @@ def test_prune_width_to_macs_inplace_equals_copy():
     assert same is model and _same_model(model, copied)
 
 
+def _grouped_convs(model: nn.Module) -> dict[str, nn.Conv2d]:
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d) and 1 < m.groups < m.out_channels
+    }
+
+
+@pytest.mark.parametrize("name", ["resnext50_32x4d", "regnet_x_400mf"])
+def test_grouped_convolutions_lose_the_same_channels_in_every_group(name):
+    model = randomise_batchnorms(build(name, 10, 3))
+    base = count_macs(model, SIZE)
+    removal = select_channels_for_macs(model, 0.5, input_size=SIZE)
+    pruned = remove_channels(model, removal, example_input=torch.zeros(1, *SIZE))
+    ratio = count_macs(pruned, SIZE) / base
+    assert abs(ratio - 0.5) <= 0.005, ratio
+    before, after = _grouped_convs(model), _grouped_convs(pruned)
+    assert before.keys() == after.keys()
+    thinner = 0
+    for layer, conv in after.items():
+        assert conv.groups == before[layer].groups  # groups survive, equally sized
+        assert conv.weight.shape[1] * conv.groups == conv.in_channels
+        assert conv.out_channels % conv.groups == 0
+        thinner += conv.out_channels < before[layer].out_channels
+    assert thinner > 0, "no grouped convolution was pruned"
+    # a removal that empties one position of one group only is refused, naming the fix
+    groups = {g.root: g for g in channel_groups(model, torch.zeros(1, *SIZE)) if g.blocks > 1}
+    root, group = next(iter(groups.items()))
+    with pytest.raises(ValueError, match="same positions from every group"):
+        remove_channels(model, {root: [0]}, example_input=torch.zeros(1, *SIZE))
+    whole = remove_channels(
+        model, {root: list(group.slot_channels(0))}, example_input=torch.zeros(1, *SIZE)
+    )
+    assert whole(torch.zeros(2, *SIZE)).shape == (2, 10)
+
+
 def test_bad_inputs():
     model = build("resnet20", 10, 3)
     example = torch.randn(1, *SIZE)
@@ -261,21 +300,32 @@ def test_bad_inputs():
 
 
 class Scale(nn.Module):
-    """A layer type the dependency graph has no rule for."""
+    """A per-channel scale held directly by a module (like ConvNeXt's layer scale)."""
 
     def __init__(self, channels: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
+        self.weight = nn.Parameter(torch.linspace(0.5, 1.5, channels))
 
     def forward(self, x):
         return x * self.weight.view(1, -1, 1, 1)
 
 
-def test_unsupported_layer_is_named_and_can_be_ignored():
+class Mix(nn.Module):
+    """A layer type the dependency graph has no rule for: it mixes channels."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(channels))
+
+    def forward(self, x):
+        return torch.einsum("oc,nchw->nohw", self.weight, x)
+
+
+def _net_with(layer: nn.Module) -> nn.Sequential:
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3),
         nn.BatchNorm2d(8),
-        Scale(8),
+        layer,
         nn.ReLU(),
         nn.Conv2d(8, 8, 3),
         nn.BatchNorm2d(8),
@@ -284,13 +334,38 @@ def test_unsupported_layer_is_named_and_can_be_ignored():
         nn.Flatten(),
         nn.Linear(8, 2),
     )
-    randomise_batchnorms(model)
+    return randomise_batchnorms(model)
+
+
+def test_unsupported_layer_is_named_and_can_be_ignored():
+    model = _net_with(Mix(8))
     example = torch.randn(1, *SIZE)
-    with pytest.raises(ValueError, match=r"layer '2' \(Scale\)"):
+    with pytest.raises(ValueError, match=r"layer '2' \(Mix\)"):
         prune_width(model, 0.5, example_input=example)
     pruned = prune_width(model, 0.5, example_input=example, ignored_layers=["2"])
     assert pruned[0].out_channels == 8 and pruned[4].out_channels < 8
     assert pruned(example).shape == (1, 2)
+
+
+def test_per_channel_parameters_are_pruned_with_their_channels():
+    model = _net_with(Scale(8))
+    example = torch.randn(1, *SIZE)
+    removal = select_channels(model, 0.5, example_input=example, criterion="l1")
+    assert "0" in removal
+    pruned = remove_channels(model, removal, example_input=example)
+    kept = [c for c in range(8) if c not in removal["0"]]
+    assert torch.equal(pruned[2].weight, model[2].weight[kept])
+    masked = masked_copy(model, removal, example)
+    with torch.no_grad():
+        assert torch.allclose(pruned(example), masked(example), atol=1e-5)
+
+
+def test_transformers_are_refused_for_width():
+    from torchvision.models import vit_b_32
+
+    model = vit_b_32(num_classes=10)
+    with pytest.raises(ValueError, match="is a transformer.*depth and resolution only"):
+        prune_width(model, 0.5, example_input=torch.randn(1, 3, 224, 224))
 
 
 def test_bn_l1_penalty():

@@ -6,9 +6,17 @@ import pytest
 
 from tridim.bench.zoo import STEPS, summary, sweep_model
 
-#: One of each kind: a ResNet, an inverted-residual net with SE blocks, a net without
-#: BatchNorm (l1 criterion, no residual block), a transformer (refused with reasons).
-SUBSET = ["resnet18", "mobilenet_v3_small", "squeezenet1_0", "swin_t"]
+#: One of each kind: a ResNet, an inverted-residual net with SE blocks, grouped
+#: convolutions, a net without BatchNorm (l1 criterion, no residual block), a channel
+#: shuffle and a transformer (both refused for width, with reasons).
+SUBSET = [
+    "resnet18",
+    "mobilenet_v3_small",
+    "regnet_x_400mf",
+    "squeezenet1_0",
+    "shufflenet_v2_x0_5",
+    "swin_t",
+]
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +32,7 @@ def test_no_model_ends_in_an_unexplained_exception(rows):
 
 def test_convolutional_families_pass_every_dimension(rows):
     by_name = {row["model"]: row for row in rows}
-    for name in ("resnet18", "mobilenet_v3_small"):
+    for name in ("resnet18", "mobilenet_v3_small", "regnet_x_400mf"):
         assert all(by_name[name][step] == "ok" for step in STEPS), by_name[name]
     squeeze = by_name["squeezenet1_0"]
     assert squeeze["criterion"] == "l1" and squeeze["width"] == "ok"
@@ -32,9 +40,13 @@ def test_convolutional_families_pass_every_dimension(rows):
 
 
 def test_refusals_name_the_layer_and_the_way_out(rows):
-    swin = {row["model"]: row for row in rows}["swin_t"]
-    assert swin["width"].startswith("refused: layer 'features.1.0.attn'")
-    assert "ignored_layers=" in swin["width"]
+    by_name = {row["model"]: row for row in rows}
+    swin = by_name["swin_t"]
+    assert swin["width"].startswith("refused: SwinTransformer is a transformer")
+    assert "features.1.0.attn" in swin["width"] and swin["depth"] == "ok"
+    shuffle = by_name["shufflenet_v2_x0_5"]
+    assert shuffle["width"].startswith("refused: cannot trace the channels of ShuffleNetV2")
+    assert shuffle["resolution"] == "ok"
 
 
 def test_timm_models_build_without_weights_and_prune():

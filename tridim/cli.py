@@ -381,7 +381,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from . import data as datasets
-    from .optimize import OptimizeSettings, optimize
+    from .optimize import OptimizeSettings, check_predictor_covers, optimize
     from .predictor import LowRankPolynomialRegressor
     from .report import render_report_markdown
 
@@ -389,9 +389,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     settings = OptimizeSettings(args.final_epochs, args.refine, not args.no_distill)
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
     if predictor is not None:
-        from .optimize import _check_predictor_covers
-
-        _check_predictor_covers(predictor, collection.target_flops_ratio)
+        check_predictor_covers(predictor, collection.target_flops_ratio)
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
     sections = {"settings": asdict(collection), "optimize": settings.manifest()}

@@ -46,7 +46,13 @@ from .store import MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
 from .train import check_model_fits_data, evaluate, seed_everything
 from .trial import Trial, TrialContext, TrialResult, run_trial
 
-__all__ = ["optimize", "CompressionResult", "OptimizeSettings", "cheapest_ratio"]
+__all__ = [
+    "optimize",
+    "CompressionResult",
+    "OptimizeSettings",
+    "cheapest_ratio",
+    "check_predictor_covers",
+]
 
 
 @dataclass
@@ -197,7 +203,7 @@ def optimize(
         final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
     )
     if predictor is not None:
-        _check_predictor_covers(predictor, collection.target_flops_ratio)
+        check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
     collection = collection.for_model(model)
     _check_reachable(model, check_input_size(data.input_shape), collection.target_flops_ratio)
@@ -210,7 +216,7 @@ def optimize(
     return _Pipeline(context, collection, settings).run(predictor)
 
 
-def _check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
+def check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
     """Refuse, before any training, a predictor that cannot answer for this budget."""
     if not isinstance(predictor, LowRankPolynomialRegressor) or not hasattr(predictor, "coef_"):
         raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")

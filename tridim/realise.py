@@ -119,13 +119,13 @@ def _cut_width(
     seed: int,
     tolerance: float,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
-    """Width step of :func:`realise` on the depth-pruned ``model`` (modified in place).
+    """Width step of :func:`realise` on the depth-pruned ``model`` (a copy it may modify).
 
     Without ``target_macs`` a fraction ``w`` of the channels is kept; with it (absolute
     MACs, counted at the full input size), channels go until the measured MACs are within
     ``tolerance`` of it. Returns the thinner model and the removal applied.
     """
-    from .dims.width import remove_channels, select_channels, select_channels_for_macs
+    from .dims.width import prune_width_to_macs_with_removal, remove_channels, select_channels
 
     example = torch.zeros(1, *small_size)
     if target_macs is None:
@@ -144,7 +144,7 @@ def _cut_width(
                 f"{current_macs / base_macs:.4f}, below the target "
                 f"{target_macs / base_macs:g}; width can only lower it: raise d or r"
             )
-        removal = select_channels_for_macs(
+        return prune_width_to_macs_with_removal(
             model,
             target_macs / current_macs,
             input_size=small_size,

@@ -69,11 +69,25 @@ class ChannelGroup:
         Number of channels of the group.
     members : tuple of GroupMember
         Every layer the group's channels flow through.
+    blocks : int
+        The channels form this many equal, contiguous blocks that must stay equal (the
+        groups of a grouped convolution or of a GroupNorm the channels flow through);
+        channels are removed a *slot* at a time: the same position in every block.
     """
 
     root: str
     size: int
     members: tuple[GroupMember, ...]
+    blocks: int = 1
+
+    @property
+    def slots(self) -> int:
+        """Number of removable units: ``size // blocks``."""
+        return self.size // self.blocks
+
+    def slot_channels(self, slot: int) -> tuple[int, ...]:
+        """The channels removed together as one unit: position ``slot`` of every block."""
+        return tuple(range(slot, self.size, self.slots))
 
     @property
     def batchnorms(self) -> list[GroupMember]:
@@ -151,14 +165,37 @@ def _check_supported(model: nn.Module, ignored: set[str]) -> None:
     tp = _tp()
     handled = set(tp.pruner.function.PrunerBox) - {tp.ops.OPTYPE.PARAMETER}
     for name, module in model.named_modules():
-        if name in ignored or not list(module.parameters(recurse=False)):
+        own = list(module.parameters(recurse=False))
+        if name in ignored or not own or tp.ops.module2type(module) in handled:
             continue
-        if tp.ops.module2type(module) not in handled:
+        if all(_per_channel(p) for p in own):
+            continue  # e.g. a layer scale: pruned along its one channel axis
+        attention = _attention_layer(model)
+        if attention is not None:
             raise ValueError(
-                f"layer {name!r} ({type(module).__name__}) holds parameters that the "
-                "dependency graph cannot prune; pass ignored_layers=[{name!r}] to leave the "
-                "channels around it untouched".replace("{name!r}", repr(name))
+                f"{type(model).__name__} is a transformer: its layer {name!r} "
+                f"({type(module).__name__}) and its attention ({attention!r}) cannot be "
+                "pruned channel-wise. Width pruning supports convolutional networks; "
+                "compress this model by depth and resolution only"
             )
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) holds parameters that the "
+            "dependency graph cannot prune; pass ignored_layers=[{name!r}] to leave the "
+            "channels around it untouched".replace("{name!r}", repr(name))
+        )
+
+
+def _attention_layer(model: nn.Module) -> str | None:
+    """Name of the model's first attention layer, if it has one."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
+            return name
+    return None
+
+
+def _per_channel(parameter: torch.Tensor) -> bool:
+    """One value per channel (a single axis longer than 1): the graph prunes that axis."""
+    return sum(size > 1 for size in parameter.shape) == 1
 
 
 def _build_graph(model: nn.Module, example_input: torch.Tensor):
@@ -168,9 +205,18 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor):
     # tracing runs a forward pass: never update BN statistics
     with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_input, verbose=False
-        )
+        try:
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_input, verbose=False
+            )
+        except (ZeroDivisionError, IndexError, KeyError, AssertionError) as error:
+            # the graph traced the forward pass but cannot map channels through an op
+            raise ValueError(
+                f"cannot trace the channels of {type(model).__name__} for width pruning: "
+                "Torch-Pruning's dependency graph fails on one of its operations "
+                f"({type(error).__name__}: {error}), typically a reshape that interleaves "
+                "channels (a channel shuffle); depth and resolution still apply"
+            ) from error
 
 
 def analyse(
@@ -207,14 +253,27 @@ def analyse(
     return graph, groups
 
 
+def _channel_blocks(graph, module, out: bool, depthwise: bool) -> int:
+    """How many equal blocks ``module``'s in or out channels form (grouped conv, GroupNorm)."""
+    if depthwise or isinstance(module, nn.Parameter):
+        return 1
+    pruner = graph.get_pruner_of_module(module)
+    if pruner is None:
+        return 1
+    blocks = pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)
+    return max(1, int(blocks))
+
+
 def _merge_items(graph, raw, names, owners):
-    """Per (layer name, out): {channel index: root index}, and per name (kind, depthwise).
+    """Per (layer name, out): {channel index: root index}; per name (kind, depthwise);
+    per (layer name, out) the number of channel blocks.
 
     Returns None if the group reaches the model output.
     """
     tp = _tp()
     merged: dict[tuple[str, bool], dict[int, int]] = {}
     kinds: dict[str, tuple[str, bool]] = {}
+    blocks: dict[tuple[str, bool], int] = {}
     for item in raw:
         node = item.dep.target
         out = graph.is_out_channel_pruning_fn(item.dep.handler)
@@ -228,10 +287,28 @@ def _merge_items(graph, raw, names, owners):
         if depthwise:
             out = True
         kinds[name] = (layer_kind(module), depthwise)
+        blocks[name, out] = _channel_blocks(graph, module, out, depthwise)
         mapping = merged.setdefault((name, out), {})
         for idx, root in zip(item.idxs, item.root_idxs):
             mapping.setdefault(int(idx), int(root))
-    return merged, kinds
+    return merged, kinds, blocks
+
+
+def _group_blocks(size: int, merged: dict, blocks: dict) -> int | None:
+    """Blocks of the whole group (the lcm over its members); None if they cannot align.
+
+    A member split in blocks must see all the group's channels in the group's own order,
+    so that a slot of the group is a slot of the member.
+    """
+    result = 1
+    for key, count in blocks.items():
+        if count == 1:
+            continue
+        mapping = merged[key]
+        if len(mapping) != size or any(idx != root for idx, root in mapping.items()):
+            return None
+        result = math.lcm(result, count)
+    return result if size % result == 0 and result < size else None
 
 
 def _convert_group(graph, raw, names, owners, order) -> ChannelGroup | None:
@@ -239,7 +316,11 @@ def _convert_group(graph, raw, names, owners, order) -> ChannelGroup | None:
     merged = _merge_items(graph, raw, names, owners)
     if merged is None:
         return None
-    merged, kinds = merged
+    merged, kinds, blocks = merged
+    size = len(raw[0].idxs)
+    group_blocks = _group_blocks(size, merged, blocks)
+    if group_blocks is None:
+        return None  # the blocks of a grouped layer cannot stay equal
     members = tuple(
         GroupMember(
             name, kinds[name][0], out, tuple(mapping), tuple(mapping.values()), kinds[name][1]
@@ -252,7 +333,7 @@ def _convert_group(graph, raw, names, owners, order) -> ChannelGroup | None:
     if not producers:
         return None
     root = min(producers, key=lambda m: order[m.name]).name
-    return ChannelGroup(root, len(raw[0].idxs), members)
+    return ChannelGroup(root, size, members, group_blocks)
 
 
 def channel_groups(

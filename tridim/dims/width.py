@@ -48,6 +48,7 @@ from .groups import ChannelGroup, GroupMember, analyse, layer_geometry, layer_ki
 __all__ = [
     "select_channels",
     "select_channels_for_macs",
+    "prune_width_to_macs_with_removal",
     "remove_channels",
     "compose_removals",
     "prune_width",
@@ -102,8 +103,10 @@ class Ranking:
     scores : list of numpy.ndarray or None
         Per group, one score per channel (None: the criterion cannot score the group).
     candidates : list of (int, int)
-        Removable ``(group index, channel)`` pairs, least important first; each group's
-        ``min_keep`` floor of most important channels is left out.
+        Removable ``(group index, slot)`` pairs, least important first; each group's
+        ``min_keep`` floor of most important slots is left out. A slot is one channel,
+        or in a group split in blocks (grouped convolutions) the same position in every
+        block, scored by its channels' mean.
     """
 
     graph: object
@@ -117,14 +120,18 @@ class Ranking:
         return sum(g.size for g, s in zip(self.groups, self.scores) if s is not None)
 
     def removal(self, chosen: Iterable[tuple[int, int]]) -> Removal:
-        """The removal of the chosen ``(group index, channel)`` pairs."""
+        """The removal of the chosen ``(group index, slot)`` pairs."""
         return _as_removal(self.groups, chosen)
+
+    def channels_of(self, candidate: tuple[int, int]) -> int:
+        """How many channels removing one candidate takes out."""
+        return self.groups[candidate[0]].blocks
 
 
 def _as_removal(groups: Sequence[ChannelGroup], chosen: Iterable[tuple[int, int]]) -> Removal:
     removal: Removal = {}
-    for gi, channel in chosen:
-        removal.setdefault(groups[gi].root, []).append(channel)
+    for gi, slot in chosen:
+        removal.setdefault(groups[gi].root, []).extend(groups[gi].slot_channels(slot))
     return {root: sorted(idxs) for root, idxs in removal.items()}
 
 
@@ -137,17 +144,19 @@ def _score(model, groups, criterion, data, seed):
 
 
 def _ranked_candidates(groups: Sequence[ChannelGroup], scores, min_keep: float):
-    """Removable (group, channel) pairs, least important first; floors protected."""
+    """Removable (group, slot) pairs, least important first; floors protected."""
     entries = []
     for gi, (group, values) in enumerate(zip(groups, scores)):
         if values is None:
             continue
-        floor = max(1, math.ceil(min_keep * group.size))
-        order = np.argsort(-values, kind="stable")  # most important first
-        for channel in order[floor:]:
-            entries.append((float(values[channel]), gi, int(channel)))
+        # a slot's channels are values[slot::slots]: average over the blocks
+        slot_values = np.asarray(values).reshape(group.blocks, group.slots).mean(axis=0)
+        floor = max(1, math.ceil(min_keep * group.slots))
+        order = np.argsort(-slot_values, kind="stable")  # most important first
+        for slot in order[floor:]:
+            entries.append((float(slot_values[slot]), gi, int(slot)))
     entries.sort()
-    return [(gi, channel) for _, gi, channel in entries]
+    return [(gi, slot) for _, gi, slot in entries]
 
 
 def rank_channels(
@@ -168,7 +177,9 @@ def rank_channels(
 def _keep_fraction(ranking: Ranking, w: float) -> Removal:
     """Remove the least important channels so that a fraction ``w`` stays."""
     total = ranking.scored_total
-    count = min(total - int(round(w * total)), len(ranking.candidates))
+    wanted = total - int(round(w * total))
+    removed = np.cumsum([0] + [ranking.channels_of(c) for c in ranking.candidates])
+    count = int(np.argmin(np.abs(removed - wanted)))  # first of the closest prefixes
     return ranking.removal(ranking.candidates[:count])
 
 
@@ -271,8 +282,23 @@ def _validate_removal(groups: Sequence[ChannelGroup], removal) -> list[tuple[int
         idxs = _checked_indices(name, member, idxs)
         if idxs:
             mapping = dict(zip(member.idxs, member.root_idxs))
-            plan.append((gi, sorted(mapping[i] for i in idxs)))
+            roots = sorted(mapping[i] for i in idxs)
+            _check_whole_slots(name, groups[gi], roots)
+            plan.append((gi, roots))
     return plan
+
+
+def _check_whole_slots(name: str, group: ChannelGroup, roots: list[int]) -> None:
+    """A group split in blocks loses the same positions from every block."""
+    if group.blocks == 1:
+        return
+    whole = sorted({c for r in roots for c in group.slot_channels(r % group.slots)})
+    if whole != roots:
+        raise ValueError(
+            f"channels of {name!r} feed a grouped layer ({group.blocks} groups of "
+            f"{group.slots} channels): remove the same positions from every group, e.g. "
+            f"{list(group.slot_channels(roots[0] % group.slots))}"
+        )
 
 
 def apply_removal(
@@ -455,10 +481,11 @@ class _MacsModel:
         return (cout - cut_out) * ((cin - cut_in) // groups) * geo["kernel"] * geo["positions"]
 
 
-def _removed_sets(chosen) -> dict[int, np.ndarray]:
+def _removed_sets(groups: Sequence[ChannelGroup], chosen) -> dict[int, np.ndarray]:
+    """{group index: removed channels} of the chosen ``(group index, slot)`` pairs."""
     sets: dict[int, list[int]] = {}
-    for gi, channel in chosen:
-        sets.setdefault(gi, []).append(channel)
+    for gi, slot in chosen:
+        sets.setdefault(gi, []).extend(groups[gi].slot_channels(slot))
     return {gi: np.asarray(v) for gi, v in sets.items()}
 
 
@@ -534,7 +561,7 @@ def choose_for_macs(
     if abs(predictor.macs() - current) <= 1e-3 * current:
 
         def ratio_of(chosen):
-            return predictor.macs(_removed_sets(chosen)) / reference_macs
+            return predictor.macs(_removed_sets(groups, chosen)) / reference_macs
 
         trials = 2000
     else:
@@ -558,22 +585,39 @@ def _check_reached(ratio: float, target_ratio: float, tolerance: float, min_keep
         )
 
 
-def _prune_copy_to_macs(
+def prune_width_to_macs_with_removal(
     model: nn.Module,
     target_ratio: float,
     *,
     input_size: Sequence[int],
-    criterion: str | Criterion,
-    data,
-    ignored_layers,
-    tolerance: float,
-    seed: int,
-    min_keep: float,
-) -> tuple[Removal, nn.Module]:
-    """Rank once, search the MACs target, prune a copy: ``(removal, pruned copy)``.
+    criterion: str | Criterion = "bn_scale",
+    data=None,
+    ignored_layers: Iterable[str | nn.Module] | None = None,
+    tolerance: float = 0.01,
+    seed: int = 0,
+    min_keep: float = DEFAULT_MIN_KEEP,
+) -> tuple[nn.Module, Removal]:
+    """Prune a copy of ``model`` to a MACs ratio and say which channels went.
 
-    Raises ValueError if the pruned copy's measured ratio is outside the band.
+    One ranking, one MACs search, one removal: what :func:`select_channels_for_macs` and
+    :func:`prune_width_to_macs` each return half of. Parameters as in
+    :func:`select_channels_for_macs`.
+
+    Returns
+    -------
+    pruned : torch.nn.Module
+        The pruned copy (``model`` is not modified).
+    removal : dict
+        The channels removed, relative to ``model``.
+
+    Raises
+    ------
+    ValueError
+        If the target cannot be reached within the tolerance.
     """
+    target_ratio = check_ratio(target_ratio, "target_ratio")
+    tolerance = check_tolerance(tolerance)
+    min_keep = check_min_keep(min_keep)
     example = example_for(input_size, seed)
     reference = count_macs(model, input_size)
     target = copy.deepcopy(model)
@@ -591,7 +635,7 @@ def _prune_copy_to_macs(
     removal = ranking.removal(chosen)
     apply_removal(target, ranking.graph, ranking.groups, removal)
     _check_reached(count_macs(target, input_size) / reference, target_ratio, tolerance, min_keep)
-    return removal, target
+    return target, removal
 
 
 def select_channels_for_macs(
@@ -641,10 +685,7 @@ def select_channels_for_macs(
         smallest ratio the ``min_keep`` floors allow; the message gives the reachable
         range).
     """
-    target_ratio = check_ratio(target_ratio, "target_ratio")
-    tolerance = check_tolerance(tolerance)
-    min_keep = check_min_keep(min_keep)
-    removal, _ = _prune_copy_to_macs(
+    _, removal = prune_width_to_macs_with_removal(
         model,
         target_ratio,
         input_size=input_size,
@@ -702,10 +743,7 @@ def prune_width_to_macs(
         If the target cannot be reached within the tolerance (see
         :func:`select_channels_for_macs`); ``model`` is then unchanged.
     """
-    target_ratio = check_ratio(target_ratio, "target_ratio")
-    tolerance = check_tolerance(tolerance)
-    min_keep = check_min_keep(min_keep)
-    removal, pruned = _prune_copy_to_macs(
+    pruned, removal = prune_width_to_macs_with_removal(
         model,
         target_ratio,
         input_size=input_size,
