@@ -15,10 +15,11 @@ TORCH_FREE = ("space", "samples", "predictor", "solver", "plan", "atomic", "repo
 
 
 def _library_modules(*, with_cli: bool = False):
-    """Every module of tridim/ but the benchmarks (and but cli.py unless asked for)."""
+    """Every module of tridim/ but the benchmarks (and but the command line unless asked for)."""
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        if relative.parts[0] == "bench" or (relative.name == "cli.py" and not with_cli):
+        command_line = relative.name in ("cli.py", "__main__.py")
+        if relative.parts[0] == "bench" or (command_line and not with_cli):
             continue
         yield relative, ast.parse(path.read_text(), filename=str(path))
 

@@ -101,6 +101,42 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- where to compute -------------------------------------------------------------------
+
+
+def _add_execution_args(parser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="autocast precision of training and evaluation (default: fp32)",
+    )
+    parser.add_argument(
+        "--channels-last", action="store_true", help="NHWC memory format (faster on GPUs)"
+    )
+
+
+def _execution_options(args: argparse.Namespace) -> dict:
+    """``device``, ``precision`` and ``channels_last``, checked before any work.
+
+    Under torchrun this joins the process group (the device becomes this rank's).
+    """
+    from .device import Execution
+    from .distributed import setup
+
+    execution = Execution.of(args.device, args.precision, args.channels_last)
+    return {
+        "device": setup(execution.device),
+        "precision": execution.precision,
+        "channels_last": execution.channels_last,
+    }
+
+
 # -- train ------------------------------------------------------------------------------
 
 
@@ -125,6 +161,7 @@ def _add_train(sub) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_execution_args(parser)
     parser.set_defaults(handler=_run_train)
 
 
@@ -136,6 +173,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from .measure import count_macs, count_params
     from .train import evaluate, seed_everything, train
 
+    execution = _execution_options(args)
     bundle = datasets.load(args.data, **_data_options(args))
     seed_everything(args.seed)
     model = models.build(args.model, bundle.num_classes, bundle.input_shape[0])
@@ -149,8 +187,11 @@ def _run_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         seed=args.seed,
         quiet=args.quiet,
+        **execution,
     )
-    accuracy = evaluate(model, bundle.loader("test", 256))
+    accuracy = evaluate(
+        model, bundle.loader("test", 256, device=execution["device"]), precision=args.precision
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
@@ -231,6 +272,7 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
         help="if the workdir holds another tridim run, delete it and start over",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per stage")
+    _add_execution_args(parser)
 
 
 def _add_optimize(sub) -> None:
@@ -296,7 +338,7 @@ def _open_workdir(args: argparse.Namespace, bundle, sections: dict):
 
     workdir = _workdir(args)
     store = RunStore(workdir)  # refuses a file
-    if getattr(args, "force", False) and store.file("manifest.json").is_file():
+    if getattr(args, "force", False) and store.file("manifest.json").is_file() and store.writes:
         shutil.rmtree(workdir)
     data = {
         "name": bundle.name,
@@ -345,6 +387,7 @@ def _base_cache(args: argparse.Namespace, workdir: Path) -> Path:
 
 def _base_model(args: argparse.Namespace, bundle, workdir: Path):
     from . import models
+    from .distributed import barrier, is_writer
     from .train import load_checkpoint, save_checkpoint, seed_everything, train
 
     seed_everything(args.seed)  # the initial weights, too, come from the seed
@@ -353,13 +396,15 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         _read_weights(Path(args.weights), model, args.model)
         return model
     cache = _base_cache(args, workdir)
+    barrier()  # under torchrun every rank sees the same cache
     if cache.is_file():
         load_checkpoint(cache, model)
         return model
-    print(
-        f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
-        file=sys.stderr,
-    )
+    if is_writer():
+        print(
+            f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
+            file=sys.stderr,
+        )
     partial = cache.with_suffix(".partial.pt")
     train(
         model,
@@ -371,9 +416,12 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         evaluate_each_epoch=False,
         checkpoint_path=partial,
         label="base model",
+        **_execution_options(args),
     )
-    save_checkpoint(cache, model)
-    partial.unlink(missing_ok=True)
+    if is_writer():
+        save_checkpoint(cache, model)
+        partial.unlink(missing_ok=True)
+    barrier()
     return model
 
 
@@ -386,6 +434,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from .report import render_report_markdown
 
     collection = _collection_settings(args)
+    execution = _execution_options(args)
     settings = OptimizeSettings(args.final_epochs, args.refine, not args.no_distill)
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
     if predictor is not None:
@@ -409,7 +458,10 @@ def _run_optimize(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         seed=args.seed,
         quiet=args.quiet,
+        **execution,
     )
+    if not store.writes:
+        return 0  # under torchrun rank 0 reports
     if args.json:
         print(json.dumps(result.report))
     else:
@@ -437,6 +489,7 @@ def _run_collect(args: argparse.Namespace) -> int:
     from .store import JOURNAL
 
     _collection_settings(args)
+    execution = _execution_options(args)
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
     store = _open_workdir(args, bundle, {"settings": asdict(collection)})
@@ -452,7 +505,10 @@ def _run_collect(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         seed=args.seed,
         quiet=args.quiet,
+        **execution,
     )
+    if not store.writes:
+        return 0  # under torchrun rank 0 reports
     rows = [
         {
             "key": s.extra.get("key"),
@@ -890,6 +946,58 @@ def _run_bench_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_train(benches) -> None:
+    parser = benches.add_parser(
+        "train",
+        help="tridim's training loop against a bare PyTorch loop",
+        description="Train the same seeded model on the same batches with tridim.train "
+        "and with a bare PyTorch loop (same optimiser, batch size, device, precision), "
+        "alternating runs; report the median wall times and the overhead.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default: 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per loop (default: 3)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", help="write the result as JSON here")
+    _add_execution_args(parser)
+    parser.set_defaults(handler=_run_bench_train)
+
+
+def _run_bench_train(args: argparse.Namespace) -> int:
+    from .bench.train import run_train_bench
+
+    execution = _execution_options(args)
+    result = run_train_bench(
+        args.data,
+        args.model,
+        epochs=args.epochs,
+        repeats=args.repeats,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        data_options=_data_options(args),
+        **execution,
+    )
+    config = result["config"]
+    print(
+        f"tridim bench train: {config['model']} on {config['data']}, {config['epochs']} "
+        f"epochs x {config['repeats']} runs per loop, batch {config['batch_size']}, "
+        f"{config['device']} {config['precision']}, {config['threads']} threads"
+    )
+    rows = [
+        {
+            "loop": r["loop"],
+            "median_s": r["median_s"],
+            "runs_s": ", ".join(f"{t:.2f}" for t in r["runs_s"]),
+        }
+        for r in result["rows"]
+    ]
+    print(_table(rows))
+    print(f"overhead of tridim.train: {result['overhead']:+.1%}")
+    _write_json(args.json_out, result)
+    return 0
+
+
 def _add_bench(sub) -> None:
     parser = sub.add_parser(
         "bench",
@@ -903,7 +1011,13 @@ def _add_bench(sub) -> None:
 
 # -- entry point ------------------------------------------------------------------------
 
-_BENCHES: list[Callable] = [_add_bench_predictor, _add_bench_width, _add_bench_dims, _add_bench_zoo]
+_BENCHES: list[Callable] = [
+    _add_bench_predictor,
+    _add_bench_width,
+    _add_bench_dims,
+    _add_bench_zoo,
+    _add_bench_train,
+]
 _COMMANDS: list[Callable] = [
     _add_optimize,
     _add_collect,

@@ -27,15 +27,17 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle
+from .device import Execution, model_device
 from .dims.depth import find_blocks
+from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .progress import Stage
 from .samples import Sample
 from .space import check_ratio
 from .store import RunStore
-from .train import check_model_fits_data, evaluate, seed_everything
-from .trial import Trial, TrialContext, run_trial
+from .train import check_model_fits_data, seed_everything
+from .trial import Trial, TrialContext, evaluate_split, run_trial
 
 __all__ = [
     "collect",
@@ -187,6 +189,9 @@ def collect(
     lr: float = 0.02,
     executor: Executor | None = None,
     quiet: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> list[Sample]:
     """Collect (d, w, r, accuracy) samples by iterative pruning and finetuning.
 
@@ -219,6 +224,14 @@ def collect(
         they run one after another in this process.
     quiet : bool
         Hide progress bars.
+    device : str or torch.device
+        ``"auto"`` (default: CUDA if available, else MPS, else CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"`` or ``"mps"``: where every trial trains and is measured
+        (the given model stays where it is; a copy moves).
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of training and evaluation.
+    channels_last : bool
+        NHWC memory format for models and batches.
 
     Returns
     -------
@@ -228,7 +241,8 @@ def collect(
     settings = CollectionSettings(
         target_flops_ratio, rounds, epochs_per_step, criterion, seed, overshoot, lr
     ).for_model(model)
-    context = open_run(model, data, settings, RunStore(workdir), quiet=quiet)
+    execution = Execution.of(device, precision, channels_last)
+    context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
     return run_collection(context, settings, executor=executor)
 
 
@@ -240,6 +254,7 @@ def open_run(
     *,
     extra_manifest: dict | None = None,
     quiet: bool = False,
+    execution: Execution | None = None,
 ) -> TrialContext:
     """Check the model against the data and settings, open the run folder, and return
     the context every trial of the run shares.
@@ -253,6 +268,10 @@ def open_run(
     check_model_fits_data(model, data)
     input_size = check_input_size(data.input_shape)
     base = copy.deepcopy(model).eval()
+    execution = execution or Execution()
+    # under torchrun: join the process group, one device per rank
+    execution = dataclasses.replace(execution, device=setup(execution.device))
+    execution.place(base)  # the copy: the caller's model stays where it is
     check_criterion_fits(base, settings.criterion)
     store.open({**run_manifest(base, data, settings), **(extra_manifest or {})})
     return TrialContext(
@@ -269,6 +288,7 @@ def open_run(
         batch_size=settings.batch_size,
         seed=settings.seed,
         quiet=quiet,
+        execution=execution,
     )
 
 
@@ -282,8 +302,9 @@ def run_collection(
     store = context.store
     if store.sample("base") is None:
         seed_everything(settings.seed)
-        accuracy = evaluate(context.base, context.data.loader("val", 256))
+        accuracy = evaluate_split(context.base, "val", context)
         store.record(Sample(1.0, 1.0, 1.0, accuracy, _base_extra(settings.seed)))
+    barrier()
     depth = any(b.removable for b in context.base_blocks)
     chains = collection_trials(settings, depth=depth)
     with Stage("collect", sum(map(len, chains)), quiet=context.quiet) as stage:
@@ -356,7 +377,7 @@ def minimum_side(model: nn.Module, input_size, floor: int | None = None) -> int:
     def runs(side: int) -> bool:
         try:
             with torch.no_grad():
-                model.eval()(torch.zeros(1, channels, side, side))
+                model.eval()(torch.zeros(1, channels, side, side, device=model_device(model)))
         except RuntimeError:
             return False
         return True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 
 __all__ = [
     "DataBundle",
@@ -67,15 +68,27 @@ class DataBundle:
     options: dict = field(default_factory=dict)
 
     def loader(
-        self, split: str, batch_size: int = 128, *, shuffle: bool | None = None, seed: int = 0
+        self,
+        split: str,
+        batch_size: int = 128,
+        *,
+        shuffle: bool | None = None,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator:
-        """Batches of one split (shuffled for ``"train"`` unless told otherwise)."""
+        """Batches of one split (shuffled for ``"train"`` unless told otherwise).
+
+        ``device`` and ``shard`` are those of :func:`make_loader`.
+        """
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         dataset = getattr(self, split)
         if shuffle is None:
             shuffle = split == "train"
-        return make_loader(dataset, batch_size, shuffle=shuffle, seed=seed)
+        return make_loader(
+            dataset, batch_size, shuffle=shuffle, seed=seed, device=device, shard=shard
+        )
 
     def describe(self) -> dict:
         """A JSON-ready description: name, options, shape, classes and split sizes."""
@@ -114,22 +127,57 @@ class DataBundle:
         )
 
 
+#: In-memory datasets already copied to a device: {dataset: {device: tensors}}.
+_ON_DEVICE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _tensors_on(dataset: TensorDataset, device: torch.device | None) -> tuple:
+    """The dataset's tensors on ``device``, copied once per dataset and device."""
+    if device is None or all(t.device == device for t in dataset.tensors):
+        return dataset.tensors
+    copies = _ON_DEVICE.setdefault(dataset, {})
+    if device not in copies:
+        copies[device] = tuple(t.to(device) for t in dataset.tensors)
+    return copies[device]
+
+
 class _TensorBatches:
     """Fast batching of an in-memory TensorDataset (no per-item collation)."""
 
-    def __init__(self, dataset: TensorDataset, batch_size: int, shuffle: bool, seed: int):
-        self.tensors = dataset.tensors
+    def __init__(
+        self,
+        dataset: TensorDataset,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        device: torch.device | None = None,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        self.tensors = _tensors_on(dataset, device)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.dataset = dataset
+        self.rank, self.world = shard
+
+    def _order(self) -> torch.Tensor | None:
+        """This shard's example indices (None: all, in order)."""
+        n = len(self.tensors[0])
+        if self.world == 1:
+            return torch.randperm(n, generator=self.generator) if self.shuffle else None
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        # every rank draws the same permutation and takes its equal share of it
+        return order[: n - n % self.world][self.rank :: self.world]
 
     def __len__(self) -> int:
-        return (len(self.tensors[0]) + self.batch_size - 1) // self.batch_size
+        n = len(self.tensors[0]) // self.world
+        return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        n = len(self.tensors[0])
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else None
+        order = self._order()
+        if order is not None:
+            order = order.to(self.tensors[0].device)
+        n = len(self.tensors[0]) if order is None else len(order)
         for start in range(0, n, self.batch_size):
             if order is None:
                 yield tuple(t[start : start + self.batch_size] for t in self.tensors)
@@ -138,20 +186,58 @@ class _TensorBatches:
                 yield tuple(t[index] for t in self.tensors)
 
 
-def make_loader(dataset: Dataset, batch_size: int = 128, *, shuffle: bool = False, seed: int = 0):
+def _check_shard(shard) -> tuple[int, int]:
+    if shard is None:
+        return 0, 1
+    rank, world = (int(v) for v in shard)
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(
+            f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}"
+        )
+    return rank, world
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int = 128,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    shard: tuple[int, int] | None = None,
+):
     """An iterable of ``(images, labels)`` batches over ``dataset``.
 
     In-memory :class:`~torch.utils.data.TensorDataset` objects are sliced directly,
-    which is several times faster on CPU than a DataLoader; anything else goes
-    through a single-process :class:`~torch.utils.data.DataLoader`. Shuffling is
+    which is several times faster on CPU than a DataLoader, and copied to ``device``
+    once (batches are then already there); anything else goes through a
+    :class:`~torch.utils.data.DataLoader` (with worker processes and pinned memory
+    when ``device`` is a GPU; the training loop moves its batches). Shuffling is
     seeded, so two loaders with the same seed yield the same batches.
+
+    Parameters
+    ----------
+    shard : (rank, world_size), optional
+        Data parallelism: this process's equal share of the (shuffled) examples; every
+        rank gets the same number of batches (the remainder is dropped).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world = _check_shard(shard)
+    device = None if device is None else torch.device(device)
     if isinstance(dataset, TensorDataset):
-        return _TensorBatches(dataset, batch_size, shuffle, seed)
+        return _TensorBatches(dataset, batch_size, shuffle, seed, device, (rank, world))
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+    gpu = device is not None and device.type == "cuda"
+    options = {"num_workers": min(4, os.cpu_count() or 1), "pin_memory": True} if gpu else {}
+    if world > 1:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=True
+        )
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **options)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, **options
+    )
 
 
 def resize_batch(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:

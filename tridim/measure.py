@@ -1,4 +1,4 @@
-"""Measured cost of real models: MACs, parameters and CPU latency.
+"""Measured cost of real models: MACs, parameters and latency.
 
 MACs count convolution and linear layers only (the FLOPs that
 :class:`torch.utils.flop_counter.FlopCounterMode` reports for them, divided by two);
@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import Execution, model_device, synchronize
 from .space import check_input_size
 
 __all__ = ["count_macs", "count_params", "measure_latency", "check_input_size", "input_size_of"]
@@ -41,7 +42,7 @@ def _run_once(model: nn.Module, input_size: tuple[int, int, int]) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_size))
+            model(torch.zeros(1, *input_size, device=model_device(model)))
     finally:
         model.train(was_training)
 
@@ -92,8 +93,11 @@ def measure_latency(
     repeats: int = 20,
     warmup: int = 3,
     threads: int | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> dict:
-    """Median CPU wall time of a forward pass in eval mode.
+    """Median wall time of a forward pass in eval mode, on the model's device.
 
     Parameters
     ----------
@@ -107,12 +111,18 @@ def measure_latency(
         Timed and untimed passes.
     threads : int, optional
         ``torch.set_num_threads`` during timing (restored afterwards).
+    device : str or torch.device, optional
+        Move the model there first (in place); None times it where it is. On a GPU each
+        pass is timed with CUDA events after the queue is drained.
+    precision, channels_last
+        As in :func:`tridim.train.train`.
 
     Returns
     -------
     dict
-        ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats"}``:
-        the median, the range and the quartiles of the timed passes.
+        ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats",
+        "device", "precision", "channels_last"}``: the median, the range and the
+        quartiles of the timed passes.
     """
     size = check_input_size(input_size)
     if repeats < 1:
@@ -120,18 +130,16 @@ def measure_latency(
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
+    execution = Execution.of(device, precision, channels_last)
+    placed = execution.place(model)
     was_training = model.training
     model.eval()
-    x = torch.randn(batch_size, *size)
-    times = []
+    x = execution.batch(torch.randn(batch_size, *size), placed)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), execution.autocast(placed):
             for _ in range(warmup):
                 model(x)
-            for _ in range(repeats):
-                start = time.perf_counter()
-                model(x)
-                times.append((time.perf_counter() - start) * 1000.0)
+            times = [_timed(model, x, placed) for _ in range(repeats)]
     finally:
         model.train(was_training)
         torch.set_num_threads(previous_threads)
@@ -144,4 +152,22 @@ def measure_latency(
         "q1_ms": times[len(times) // 4],
         "q3_ms": times[(3 * len(times)) // 4],
         "repeats": repeats,
+        **execution.describe(placed),
     }
+
+
+def _timed(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """Milliseconds of one forward pass, the device's queue drained before and after."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        model(x)
+        end.record()
+        end.synchronize()
+        return float(start.elapsed_time(end))
+    synchronize(device)
+    begin = time.perf_counter()
+    model(x)
+    synchronize(device)
+    return (time.perf_counter() - begin) * 1000.0

@@ -33,6 +33,8 @@ from .collect import (
     run_collection,
 )
 from .data import DataBundle
+from .device import Execution, model_device
+from .distributed import world
 from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
@@ -43,8 +45,8 @@ from .samples import Sample
 from .solver import Solution, solve
 from .space import Triple, flops_cost
 from .store import MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
-from .train import check_model_fits_data, evaluate, seed_everything
-from .trial import Trial, TrialContext, TrialResult, run_trial
+from .train import check_model_fits_data, seed_everything
+from .trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 
 __all__ = [
     "optimize",
@@ -146,6 +148,9 @@ def optimize(
     latency_batch: int = 64,
     latency_repeats: int = 15,
     quiet: bool = False,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> CompressionResult:
     """Compress ``model`` to ``target_flops_ratio`` of its MACs along depth, width and resolution.
 
@@ -185,6 +190,14 @@ def optimize(
         Latency is measured at batch 1 and ``latency_batch`` (median of repeats).
     quiet : bool
         Hide progress bars.
+    device : str or torch.device
+        ``"auto"`` (default: CUDA if available, else MPS, else CPU), ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"`` or ``"mps"``: where every trial trains and is measured
+        (the given model stays where it is; a copy moves).
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of training and evaluation.
+    channels_last : bool
+        NHWC memory format for models and batches.
 
     Returns
     -------
@@ -202,6 +215,7 @@ def optimize(
     settings = OptimizeSettings(
         final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
     )
+    execution = Execution.of(device, precision, channels_last)
     if predictor is not None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
@@ -211,7 +225,13 @@ def optimize(
     if predictor is not None:
         manifest["reused_predictor"] = _predictor_fingerprint(predictor)
     context = open_run(
-        model, data, collection, RunStore(workdir), extra_manifest=manifest, quiet=quiet
+        model,
+        data,
+        collection,
+        RunStore(workdir),
+        extra_manifest=manifest,
+        quiet=quiet,
+        execution=execution,
     )
     return _Pipeline(context, collection, settings).run(predictor)
 
@@ -268,7 +288,7 @@ class _Pipeline:
     def run(self, predictor: LowRankPolynomialRegressor | None) -> CompressionResult:
         context = self.context
         seed_everything(self.collection.seed)
-        base_accuracy = evaluate(context.base, context.data.loader("test", 256))
+        base_accuracy = evaluate_split(context.base, "test", context)
         if predictor is None:
             samples = self._timed("collect", run_collection, context, self.collection)
             predictor = self._timed("fit", self._fit, samples)
@@ -348,7 +368,7 @@ class _Pipeline:
         from .io import save
 
         store = self.context.store
-        loo_rmse = predictor.save(store.file("predictor.json")).get("loo_rmse")
+        loo_rmse = store.save_predictor(predictor).get("loo_rmse")
         latency = self._timed("latency", self._latency, final.model)
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
@@ -357,7 +377,8 @@ class _Pipeline:
             offset = last["measured_accuracy"] - last["predicted_accuracy"]
             report["prediction"]["offset_at_refine"] = offset
         store.write_json(PLAN, final.plan.to_dict())
-        save(final.model, store.file(MODEL), plan=final.plan)
+        if store.writes:
+            save(final.model, store.file(MODEL), plan=final.plan)
         store.write_json(REPORT, report)
         store.write_text(REPORT_MARKDOWN, render_report_markdown(report))
         return CompressionResult(
@@ -370,7 +391,15 @@ class _Pipeline:
         repeats = self.settings.latency_repeats
         return {
             name: {
-                f"batch_{b}": measure_latency(model, size, b, repeats=repeats) for b in (1, batch)
+                f"batch_{b}": measure_latency(
+                    model,
+                    size,
+                    b,
+                    repeats=repeats,
+                    precision=self.context.execution.precision,
+                    channels_last=self.context.execution.channels_last,
+                )
+                for b in (1, batch)
             }
             for name, model in (("before", self.context.base), ("after", pruned))
         }
@@ -430,6 +459,10 @@ class _Pipeline:
                 "seed": c.seed,
                 "latency_batch": s.latency_batch,
                 "reused_predictor": self.reused_predictor,
+            },
+            "execution": {
+                **context.execution.describe(model_device(context.base)),
+                "world_size": world()[1],
             },
             "data": context.data.describe(),
             "model": spec.to_dict() if spec is not None else None,

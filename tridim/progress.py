@@ -30,12 +30,15 @@ class Stage:
     """
 
     def __init__(self, name: str, total: int, *, quiet: bool = False) -> None:
-        self.name, self.total, self.quiet = name, total, quiet
+        from .distributed import is_writer
+
+        self.silent = not is_writer()  # under torchrun rank 0 alone shows progress
+        self.name, self.total, self.quiet = name, total, quiet or self.silent
         self.started = time.perf_counter()
-        self.bar = tqdm(total=total, desc=name, unit="trial", disable=quiet, leave=True)
+        self.bar = tqdm(total=total, desc=name, unit="trial", disable=self.quiet, leave=True)
 
     def __enter__(self) -> Stage:
-        if self.quiet:
+        if self.quiet and not self.silent:
             print(f"tridim: {self.name}: {self.total} trial(s)", file=sys.stderr, flush=True)
         return self
 
@@ -47,6 +50,6 @@ class Stage:
 
     def __exit__(self, *exc) -> None:
         self.bar.close()
-        if self.quiet and exc[0] is None:
+        if self.quiet and not self.silent and exc[0] is None:
             seconds = time.perf_counter() - self.started
             print(f"tridim: {self.name}: done in {seconds:.1f} s", file=sys.stderr, flush=True)

@@ -82,6 +82,14 @@ class RunStore:
     def __repr__(self) -> str:
         return f"RunStore({str(self.path)!r})"
 
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the folder: under torchrun only rank 0 does; the
+        other ranks' writes are no-ops (they read what rank 0 wrote)."""
+        from .distributed import is_writer
+
+        return is_writer()
+
     # ------------------------------------------------------------------ manifest
 
     def open(self, manifest: Mapping[str, Any]) -> None:
@@ -99,6 +107,8 @@ class RunStore:
         path = self.path / MANIFEST
         manifest = json.loads(json.dumps(manifest))  # JSON-normalised, as it is stored
         existing = self.check(manifest)
+        if not self.writes:
+            return
         if existing is None:
             atomic_write_json(path, manifest)
         elif any(key not in existing for key in manifest):
@@ -145,7 +155,7 @@ class RunStore:
         key = sample.extra.get("key")
         if key is None:
             raise ValueError("a journal sample needs a 'key' in its extra fields")
-        if self.sample(key) is None:
+        if self.writes and self.sample(key) is None:
             append_sample(self.path / JOURNAL, sample)
 
     # ------------------------------------------------------------------ trial steps
@@ -161,6 +171,8 @@ class RunStore:
         """Store a finished trial: weights first, then the plan and sample that name it."""
         import torch
 
+        if not self.writes:
+            return
         atomic_write(self._step_file(key, ".pt"), lambda handle: torch.save(state_dict, handle))
         record = {"plan": plan.to_dict(), "sample": sample.to_dict()}
         atomic_write_json(self._step_file(key, ".json"), record, indent=None)
@@ -185,6 +197,8 @@ class RunStore:
 
     def write_json(self, name: str, value: Any) -> Path:
         """Write an artifact as JSON, atomically."""
+        if not self.writes:
+            return self.path / name
         return atomic_write_json(self.path / name, value)
 
     def read_json(self, name: str) -> Any | None:
@@ -194,11 +208,15 @@ class RunStore:
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a text artifact atomically."""
+        if not self.writes:
+            return self.path / name
         return atomic_write(self.path / name, text)
 
-    def save_predictor(self, predictor: LowRankPolynomialRegressor) -> None:
-        """Write the fitted predictor to ``predictor.json``."""
-        predictor.save(self.path / PREDICTOR)
+    def save_predictor(self, predictor: LowRankPolynomialRegressor) -> dict:
+        """Write the fitted predictor to ``predictor.json``; return its summary."""
+        if not self.writes:
+            return predictor.summary()
+        return predictor.save(self.path / PREDICTOR)
 
     def load_predictor(self) -> LowRankPolynomialRegressor | None:
         """The run's fitted predictor, or None if it has not been written."""

@@ -23,6 +23,8 @@ from tqdm import tqdm
 
 from .atomic import atomic_write
 from .data import DataBundle, resize_batch
+from .device import Execution
+from .distributed import all_reduce_mean, all_true, barrier, broadcast_module, is_writer, world
 
 __all__ = [
     "train",
@@ -171,6 +173,11 @@ class _Loop:
     evaluate_each_epoch: bool
     quiet: bool
     buffers: _BufferGuard
+    execution: Execution
+    device: torch.device
+    scaler: torch.amp.GradScaler
+    forward: nn.Module
+    shard: tuple[int, int] = (0, 1)
     label: str = ""
 
 
@@ -222,7 +229,7 @@ def _resume(
 def _step_loss(loop: _Loop, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Forward pass and loss of one batch (cross-entropy, distillation, extra term)."""
     inputs = resize_batch(images, loop.resolution) if loop.resolution is not None else images
-    logits = loop.model(inputs)
+    logits = loop.forward(inputs)
     loss = loop.criterion(logits, labels)
     if loop.teacher is not None:
         with torch.no_grad():
@@ -263,11 +270,19 @@ def _train_step(
     for group in loop.optimizer.param_groups:
         group["lr"] = _learning_rate(loop.schedule, loop.lr, step, loop.total_steps)
     loop.buffers.save()
-    loss = _step_loss(loop, images, labels)
-    if not torch.isfinite(loss):
+    images = loop.execution.batch(images, loop.device)
+    labels = labels.to(loop.device, non_blocking=True)
+    with loop.execution.autocast(loop.device):
+        loss = _step_loss(loop, images, labels)
+    if not all_true(torch.isfinite(loss), loop.device):  # every rank takes the same branch
         raise _diverged(loop, f"loss became {loss.item()}", step, epoch)
     loop.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    loop.scaler.scale(loss).backward()
+    if loop.scaler.is_enabled():
+        # fp16: the scaler skips a step with overflowing gradients and lowers its scale
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        return loss.item()
     if not _gradients_finite(loop.optimizer):
         raise _diverged(loop, "a gradient became NaN or infinite", step, epoch)
     loop.optimizer.step()
@@ -301,7 +316,11 @@ def _epoch_record(loop: _Loop, epoch: int, step: int, loss: float, seconds: floa
     record = {"epoch": epoch + 1, "loss": loss, "seconds": seconds, "steps": step}
     if loop.evaluate_each_epoch:
         record["val_accuracy"] = evaluate(
-            loop.model, loop.data.loader("val", 256), resolution=loop.resolution
+            loop.model,
+            loop.data.loader("val", 256, device=loop.device),
+            resolution=loop.resolution,
+            device=loop.device,
+            precision=loop.execution.precision,
         )
     return record
 
@@ -314,8 +333,9 @@ def _run_epochs(loop: _Loop, history: TrainHistory, loader, first_epoch: int, st
         epoch_start = time.perf_counter()
         step, loss = _train_epoch(loop, loader, epoch, step)
         seconds = time.perf_counter() - epoch_start
+        loss = all_reduce_mean(loss, loop.device)
         history.epochs.append(_epoch_record(loop, epoch, step, loss, seconds))
-        if loop.checkpoint_path is not None:
+        if loop.checkpoint_path is not None and is_writer():
             save_checkpoint(
                 loop.checkpoint_path,
                 loop.model,
@@ -324,7 +344,14 @@ def _run_epochs(loop: _Loop, history: TrainHistory, loader, first_epoch: int, st
                 step=step,
                 history=history.epochs,
             )
-        loader = loop.data.loader("train", loop.batch_size, seed=loop.seed + epoch + 1)
+        barrier()  # the checkpoint is whole before any rank may resume from it
+        loader = loop.data.loader(
+            "train",
+            loop.batch_size,
+            seed=loop.seed + epoch + 1,
+            device=loop.device,
+            shard=loop.shard,
+        )
 
 
 def train(
@@ -349,6 +376,9 @@ def train(
     evaluate_each_epoch: bool = True,
     quiet: bool = False,
     label: str = "",
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+    channels_last: bool = False,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train`` and return the history.
 
@@ -362,6 +392,9 @@ def train(
         Passes over the training split (0 does nothing).
     lr, batch_size, momentum, weight_decay : float, int, float, float
         SGD with Nesterov momentum; weight decay is not applied to BatchNorm and biases.
+        Under ``torchrun`` the model is wrapped in DistributedDataParallel and
+        ``batch_size`` is the global batch: each of the N ranks takes ``batch_size // N``
+        examples of every step, so a step sees what one process would.
     schedule : {"cosine", "onecycle", "constant"}
         Learning-rate schedule over all steps.
     label_smoothing : float
@@ -388,6 +421,14 @@ def train(
         Hide progress bars.
     label : str
         Prefix of the progress bar (e.g. ``"width 3/4"`` gives ``width 3/4, epoch 1/2``).
+    device : str or torch.device, optional
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``: the model (and the
+        teacher) move there in place; None trains where the model is. In-memory data
+        is copied to the device once.
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of the forward pass; fp16 scales the loss.
+    channels_last : bool
+        NHWC memory format for the model and the batches.
 
     Returns
     -------
@@ -405,15 +446,20 @@ def train(
     """
     _check_arguments(epochs, schedule, lr, label_smoothing)
     check_model_fits_data(model, data)
+    execution = Execution.of(device, precision, channels_last)
     history = TrainHistory()
     if epochs == 0:
         return history
+    placed = execution.place(model)
+    shard = world()
+    batch_size = max(1, batch_size // shard[1])  # the global batch is split over ranks
     optimizer = _make_optimizer(model, lr, momentum, weight_decay)
-    steps = epochs * len(data.loader("train", batch_size, seed=seed))
+    steps = epochs * len(data.loader("train", batch_size, seed=seed, shard=shard))
     total_steps = steps if max_steps is None else min(steps, int(max_steps))
     first_epoch, step = _resume(checkpoint_path, model, optimizer, history)
-    loader = data.loader("train", batch_size, seed=seed + first_epoch)
+    loader = data.loader("train", batch_size, seed=seed + first_epoch, device=placed, shard=shard)
     if teacher is not None:
+        execution.place(teacher)
         teacher.eval()
     loop = _Loop(
         model=model,
@@ -435,18 +481,41 @@ def train(
         evaluate_each_epoch=evaluate_each_epoch,
         quiet=quiet,
         buffers=_BufferGuard(model),
+        execution=execution,
+        device=placed,
+        scaler=execution.grad_scaler(placed),
+        forward=_data_parallel(model, placed, shard),
+        shard=shard,
         label=label,
     )
     torch.manual_seed(seed + first_epoch)
     start_time = time.perf_counter()
     _run_epochs(loop, history, loader, first_epoch, step)
     history.seconds = time.perf_counter() - start_time
+    broadcast_module(model)  # BatchNorm statistics too: every rank ends with rank 0's model
     model.eval()
     return history
 
 
+def _data_parallel(model: nn.Module, device: torch.device, shard: tuple[int, int]) -> nn.Module:
+    """``model`` wrapped in DistributedDataParallel under torchrun, else ``model``."""
+    if shard[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, *, resolution: int | tuple[int, int] | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    loader,
+    *,
+    resolution: int | tuple[int, int] | None = None,
+    device: str | torch.device | None = None,
+    precision: str = "fp32",
+) -> float:
     """Top-1 accuracy of ``model`` over ``loader`` (eval mode; the mode is restored).
 
     Parameters
@@ -457,26 +526,36 @@ def evaluate(model: nn.Module, loader, *, resolution: int | tuple[int, int] | No
         For instance ``data.loader("test")``.
     resolution : int or (int, int), optional
         Resize inputs to this size before the forward pass.
+    device : str or torch.device, optional
+        Move the model there first (in place); None evaluates where the model is.
+    precision : {"fp32", "bf16", "fp16"}
+        Autocast precision of the forward pass.
 
     Returns
     -------
     float
         Fraction of correctly classified examples, in [0, 1].
     """
+    execution = Execution.of(device, precision)
+    placed = execution.place(model)
     was_training = model.training
     model.eval()
-    correct, total = 0, 0
+    correct = torch.zeros((), dtype=torch.long, device=placed)
+    total = 0
     try:
         for images, labels in loader:
+            images = execution.batch(images, placed)
             if resolution is not None:
                 images = resize_batch(images, resolution)
-            correct += (model(images).argmax(dim=1) == labels).sum().item()
+            with execution.autocast(placed):
+                logits = model(images)
+            correct += (logits.argmax(dim=1) == labels.to(placed)).sum()
             total += len(labels)
     finally:
         model.train(was_training)
     if total == 0:
         raise ValueError("cannot evaluate on an empty loader")
-    return correct / total
+    return correct.item() / total
 
 
 def save_checkpoint(

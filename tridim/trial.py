@@ -25,8 +25,10 @@ import torch
 import torch.nn as nn
 
 from .data import DataBundle
+from .device import Execution, model_device
 from .dims.depth import blocks_to_keep, find_blocks, minimum_depth, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, reduced_size
+from .distributed import barrier, broadcast_module, broadcast_object, world
 from .plan import Plan
 from .realise import apply_plan, count_channels, plan_of, realise
 from .samples import Sample
@@ -34,7 +36,14 @@ from .space import Triple
 from .store import RunStore
 from .train import evaluate, seed_everything, train
 
-__all__ = ["Trial", "TrialContext", "TrialResult", "run_trial", "COLLECTION_KINDS"]
+__all__ = [
+    "Trial",
+    "TrialContext",
+    "TrialResult",
+    "run_trial",
+    "evaluate_split",
+    "COLLECTION_KINDS",
+]
 
 #: Trial kinds that shrink one dimension of their parent's model.
 COLLECTION_KINDS = ("depth", "width", "resolution")
@@ -112,6 +121,7 @@ class TrialContext:
     batch_size: int = 128
     seed: int = 0
     quiet: bool = False
+    execution: Execution = field(default_factory=Execution)
 
 
 @dataclass
@@ -146,16 +156,36 @@ def run_trial(trial: Trial, context: TrialContext, *, keep_model: bool = False) 
         return TrialResult(stored.sample, stored.plan, model)
     started = time.perf_counter()
     seed_everything(trial.seed)
-    model, plan = _cut(trial, context)
+    model, plan = _cut_once(trial, context)
     cut_seconds = time.perf_counter() - started
     _finetune(trial, model, context)
-    accuracy = evaluate(model, context.data.loader(trial.split, 256))
+    accuracy = evaluate_split(model, trial.split, context)
     seconds = {"cut": cut_seconds, "train": time.perf_counter() - started - cut_seconds}
-    sample = _sample(trial, plan, accuracy, sum(seconds.values()), context)
+    sample = broadcast_object(_sample(trial, plan, accuracy, sum(seconds.values()), context))
     context.store.save_step(trial.key, model.state_dict(), plan, sample)
     if trial.journaled:
         context.store.record(sample)
+    barrier()  # under torchrun: rank 0 has written the trial before any rank reads it
     return TrialResult(sample, plan, model if keep_model else None, seconds)
+
+
+def _cut_once(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+    """Cut on rank 0 only; the other ranks rebuild its plan and take its weights."""
+    rank, size = world()
+    if size == 1:
+        return _cut(trial, context)
+    model, plan = _cut(trial, context) if rank == 0 else (None, None)
+    plan = broadcast_object(plan)
+    if rank != 0:
+        model = apply_plan(context.base, plan)
+    return broadcast_module(model), plan
+
+
+def evaluate_split(model: nn.Module, split: str, context: TrialContext) -> float:
+    """Accuracy on ``split``, on the model's device and at the run's precision."""
+    device = model_device(model)
+    loader = context.data.loader(split, 256, device=device)
+    return evaluate(model, loader, precision=context.execution.precision)
 
 
 def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionWrapper:
@@ -177,6 +207,8 @@ def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
         checkpoint_path=context.store.checkpoint_path(trial.key),
         quiet=context.quiet,
         label=trial.label or trial.key,
+        precision=context.execution.precision,
+        channels_last=context.execution.channels_last,
     )
 
 

@@ -44,6 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..device import model_device
 from .groups import ChannelGroup, GroupMember, channel_groups, eval_mode, layer_geometry
 
 __all__ = [
@@ -76,8 +77,11 @@ class CriterionError(ValueError):
 # data handling
 
 
-def _batches(data, n_batches: int, batch_size: int, seed: int) -> list[tuple]:
-    """Take ``n_batches`` (images, labels) batches from a DataBundle or an iterable."""
+def _batches(data, n_batches: int, batch_size: int, seed: int, device=None) -> list[tuple]:
+    """Take ``n_batches`` (images, labels) batches from a DataBundle or an iterable.
+
+    The batches are moved to ``device`` (the scored model's).
+    """
     if hasattr(data, "loader"):
         source: Iterable = data.loader("train", batch_size, shuffle=True, seed=seed)
     else:
@@ -86,7 +90,7 @@ def _batches(data, n_batches: int, batch_size: int, seed: int) -> list[tuple]:
     for batch in source:
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
             raise ValueError("data must yield (images, labels) batches")
-        batches.append((batch[0], batch[1]))
+        batches.append((batch[0].to(device), batch[1].to(device)))
         if len(batches) >= n_batches:
             break
     if not batches:
@@ -145,7 +149,9 @@ class _Gates:
             self.positions[name] = int(math.prod(output.shape[2:]))
             if self.record:
                 self._record(name, output.detach())
-            gate = torch.ones(shape, dtype=output.dtype, requires_grad=self.requires_grad)
+            gate = torch.ones(
+                shape, dtype=output.dtype, device=output.device, requires_grad=self.requires_grad
+            )
             if self.requires_grad:
                 self.gates.setdefault(name, []).append(gate)
             if name in self.masks:
@@ -178,7 +184,8 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch
 
 
 def _scatter(group: ChannelGroup, member: GroupMember, values: torch.Tensor) -> torch.Tensor:
-    """Map a member's per-channel values (last dim) to the group's channels."""
+    """Map a member's per-channel values (last dim) to the group's channels (on CPU)."""
+    values = values.cpu()
     out = torch.zeros(values.shape[:-1] + (group.size,), dtype=values.dtype)
     idxs = torch.as_tensor(member.idxs, dtype=torch.long)
     roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
@@ -194,7 +201,7 @@ def _mean_over(
     total = torch.zeros(group.size)
     count = torch.zeros(group.size)
     for member in members:
-        values = per_member(member).detach().double().float()
+        values = per_member(member).detach().cpu().double().float()
         total += _scatter(group, member, values)
         count += _scatter(group, member, torch.ones_like(values))
     return (total / count.clamp(min=1)).numpy().astype(np.float64)
@@ -399,7 +406,7 @@ class Taylor(_DataCriterion):
         self.flops_lambda = float(flops_lambda)
 
     def raw_scores(self, model, groups, data, seed):
-        batches = _batches(data, self.n_batches, self.batch_size, seed)
+        batches = _batches(data, self.n_batches, self.batch_size, seed, model_device(model))
         points = {m.name for g in groups for m in g.activation_points}
         totals = [torch.zeros(g.size, dtype=torch.float64) for g in groups]
         examples = 0
@@ -435,7 +442,7 @@ class ActivationMean(_DataCriterion):
     _stat = 0
 
     def raw_scores(self, model, groups, data, seed):
-        batches = _batches(data, self.n_batches, self.batch_size, seed)
+        batches = _batches(data, self.n_batches, self.batch_size, seed, model_device(model))
         points = {m.name for g in groups for m in g.activation_points}
         with torch.no_grad(), eval_mode(model), _Gates(model, points, record=True) as gates:
             for images, _ in batches:
@@ -540,7 +547,7 @@ def score_groups(
 
 def _macs_shares(model, groups, data, batch_size, seed) -> list[np.ndarray]:
     """MACs saved by removing each channel, relative to the mean over all channels."""
-    images = _batches(data, 1, batch_size, seed)[0][0]
+    images = _batches(data, 1, batch_size, seed, model_device(model))[0][0]
     geometry = layer_geometry(model, images)
     costs = []
     for group in groups:
@@ -688,7 +695,7 @@ def criterion_oracle_correlation(
         raise ValueError(f"n_batches must be a positive integer, got {n_batches!r}")
     names = [get_criterion(c).name for c in criteria]
     start = time.perf_counter()
-    batches = _batches(data, int(n_batches), batch_size, seed)
+    batches = _batches(data, int(n_batches), batch_size, seed, model_device(model))
     if example_input is None:
         example_input = batches[0][0][:1]
     groups = _chosen_groups(model, example_input, layers)

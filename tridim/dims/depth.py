@@ -61,6 +61,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..device import model_device
 from ..measure import check_input_size, input_size_of
 from ..space import check_ratio
 
@@ -315,8 +316,7 @@ def _trace_calls(
 def _example(model: nn.Module, size: Sequence[int]) -> torch.Tensor:
     """One seeded random example on the model's device (a zero one would hide blocks)."""
     example = torch.randn(1, *size, generator=torch.Generator().manual_seed(0))
-    first = next(model.parameters(), None)
-    return example if first is None else example.to(first.device)
+    return example.to(model_device(model))
 
 
 def _single_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
@@ -499,7 +499,7 @@ def _probe_batch(data, n_samples: int, split: str, seed: int) -> tuple[torch.Ten
 
 def _pooled(t: torch.Tensor) -> torch.Tensor:
     t = t.detach().float()
-    return t.mean(dim=(2, 3)) if t.dim() == 4 else t.flatten(1)
+    return (t.mean(dim=(2, 3)) if t.dim() == 4 else t.flatten(1)).cpu()
 
 
 @dataclass
@@ -550,8 +550,9 @@ def _collect_features(
     model.eval()
     try:
         with torch.no_grad():
+            device = model_device(model)
             for start in range(0, len(images), batch_size):
-                model(images[start : start + batch_size])
+                model(images[start : start + batch_size].to(device))
     finally:
         model.train(was_training)
         for handle in handles:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..device import model_device
+
 __all__ = ["GroupMember", "ChannelGroup", "channel_groups"]
 
 _LAYER_KINDS = (
@@ -202,6 +204,7 @@ def _build_graph(model: nn.Module, example_input: torch.Tensor):
     tp = _tp()
     if not isinstance(example_input, torch.Tensor):
         raise TypeError("example_input must be a tensor batch, e.g. torch.randn(1, C, H, W)")
+    example_input = example_input.to(model_device(model))
     # tracing runs a forward pass: never update BN statistics
     with eval_mode(model), torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -389,7 +392,7 @@ def layer_geometry(model: nn.Module, example_input: torch.Tensor) -> dict[str, d
             handles.append(module.register_forward_hook(_geometry_hook(geometry, name)))
     try:
         with torch.no_grad(), eval_mode(model):
-            model(example_input[:1])
+            model(example_input[:1].to(model_device(model)))
     finally:
         for handle in handles:
             handle.remove()

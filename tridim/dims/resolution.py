@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..device import model_device
 from ..measure import check_input_size
 from ..space import check_ratio
 
@@ -120,7 +121,7 @@ def check_runs_at(model: nn.Module, input_size: Sequence[int]) -> None:
     was_training = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *size))
+            model.eval()(torch.zeros(1, *size, device=model_device(model)))
     except Exception as error:  # shape checks raise RuntimeError or AssertionError
         message = " ".join(str(error).split())[:200]
         raise ValueError(
