@@ -273,6 +273,12 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars: one line per stage")
     _add_execution_args(parser)
+    parser.add_argument(
+        "--cluster",
+        choices=["ray"],
+        default=None,
+        help="run trials as Ray tasks (RAY_ADDRESS, else a local Ray); default: this process",
+    )
 
 
 def _add_optimize(sub) -> None:
@@ -429,12 +435,14 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from . import data as datasets
+    from .cluster import check_cluster
     from .optimize import OptimizeSettings, check_predictor_covers, optimize
     from .predictor import LowRankPolynomialRegressor
     from .report import render_report_markdown
 
     collection = _collection_settings(args)
     execution = _execution_options(args)
+    check_cluster(args.cluster)
     settings = OptimizeSettings(args.final_epochs, args.refine, not args.no_distill)
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
     if predictor is not None:
@@ -458,6 +466,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         seed=args.seed,
         quiet=args.quiet,
+        cluster=args.cluster,
         **execution,
     )
     if not store.writes:
@@ -485,11 +494,13 @@ def _run_collect(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from . import data as datasets
+    from .cluster import check_cluster
     from .collect import collect
     from .store import JOURNAL
 
     _collection_settings(args)
     execution = _execution_options(args)
+    check_cluster(args.cluster)
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
     store = _open_workdir(args, bundle, {"settings": asdict(collection)})
@@ -505,6 +516,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         criterion=args.criterion,
         seed=args.seed,
         quiet=args.quiet,
+        cluster=args.cluster,
         **execution,
     )
     if not store.writes:

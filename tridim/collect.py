@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .cluster import RayTrials, check_cluster
 from .data import DataBundle
 from .device import Execution, model_device
 from .dims.depth import find_blocks
@@ -188,6 +189,7 @@ def collect(
     overshoot: float = 0.0,
     lr: float = 0.02,
     executor: Executor | None = None,
+    cluster: str | None = None,
     quiet: bool = False,
     device: str | torch.device = "auto",
     precision: str = "fp32",
@@ -222,6 +224,10 @@ def collect(
     executor : concurrent.futures.Executor, optional
         Runs the three dimensions concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
+    cluster : {None, "ray"}
+        ``"ray"``: run every trial as a Ray task (connecting to ``RAY_ADDRESS``, else
+        starting a local Ray), the three dimensions side by side, each task on its
+        share of the CPUs; this process writes the run folder (:mod:`tridim.cluster`).
     quiet : bool
         Hide progress bars.
     device : str or torch.device
@@ -238,12 +244,14 @@ def collect(
     list of Sample
         Every sample of the journal, base first, in journal order.
     """
+    check_cluster(cluster)
+    execution = Execution.of(device, precision, channels_last)
     settings = CollectionSettings(
         target_flops_ratio, rounds, epochs_per_step, criterion, seed, overshoot, lr
     ).for_model(model)
-    execution = Execution.of(device, precision, channels_last)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
-    return run_collection(context, settings, executor=executor)
+    trials = RayTrials(context) if cluster == "ray" else None
+    return run_collection(context, settings, executor=executor, cluster=trials)
 
 
 def open_run(
@@ -293,10 +301,16 @@ def open_run(
 
 
 def run_collection(
-    context: TrialContext, settings: CollectionSettings, *, executor: Executor | None = None
+    context: TrialContext,
+    settings: CollectionSettings,
+    *,
+    executor: Executor | None = None,
+    cluster: RayTrials | None = None,
 ) -> list[Sample]:
     """Record the base sample, then run every collection trial not yet in the store.
 
+    The three dimension chains run one after another, or side by side on ``executor``
+    (threads of this process) or on ``cluster`` (Ray tasks; :mod:`tridim.cluster`).
     Returns the collection's samples (base first), without the journal's other trials.
     """
     store = context.store
@@ -308,7 +322,9 @@ def run_collection(
     depth = any(b.removable for b in context.base_blocks)
     chains = collection_trials(settings, depth=depth)
     with Stage("collect", sum(map(len, chains)), quiet=context.quiet) as stage:
-        if executor is None:
+        if cluster is not None:
+            cluster.run_chains(chains, stage)
+        elif executor is None:
             for chain in chains:
                 _run_chain(chain, context, stage)
         else:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from .cluster import RayTrials, check_cluster
 from .collect import (
     CollectionSettings,
     _check_count,
@@ -151,6 +152,7 @@ def optimize(
     device: str | torch.device = "auto",
     precision: str = "fp32",
     channels_last: bool = False,
+    cluster: str | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to ``target_flops_ratio`` of its MACs along depth, width and resolution.
 
@@ -198,6 +200,10 @@ def optimize(
         Autocast precision of training and evaluation.
     channels_last : bool
         NHWC memory format for models and batches.
+    cluster : {None, "ray"}
+        ``"ray"``: run the collection's trials (three dimensions side by side), the
+        refine trials and the final trial as Ray tasks (see :mod:`tridim.cluster`); this
+        process writes the run folder.
 
     Returns
     -------
@@ -216,6 +222,7 @@ def optimize(
         final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
     )
     execution = Execution.of(device, precision, channels_last)
+    check_cluster(cluster)
     if predictor is not None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
@@ -233,7 +240,8 @@ def optimize(
         quiet=quiet,
         execution=execution,
     )
-    return _Pipeline(context, collection, settings).run(predictor)
+    trials = RayTrials(context) if cluster == "ray" else None
+    return _Pipeline(context, collection, settings, trials).run(predictor)
 
 
 def check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
@@ -270,9 +278,14 @@ class _Pipeline:
     """One optimize run: the stages in order, sharing the trial context."""
 
     def __init__(
-        self, context: TrialContext, collection: CollectionSettings, settings: OptimizeSettings
+        self,
+        context: TrialContext,
+        collection: CollectionSettings,
+        settings: OptimizeSettings,
+        cluster: RayTrials | None = None,
     ):
         self.context = context
+        self.cluster = cluster
         self.collection = collection
         self.settings = settings
         self.target = collection.target_flops_ratio
@@ -290,7 +303,7 @@ class _Pipeline:
         seed_everything(self.collection.seed)
         base_accuracy = evaluate_split(context.base, "test", context)
         if predictor is None:
-            samples = self._timed("collect", run_collection, context, self.collection)
+            samples = self._timed("collect", self._collect)
             predictor = self._timed("fit", self._fit, samples)
         else:
             samples = _training_samples(predictor)
@@ -309,7 +322,7 @@ class _Pipeline:
                 stage.advance(f"refine:{iteration} accuracy {sample.accuracy:.4f}")
         self.seconds["refine"] = time.perf_counter() - started
         with Stage("final", 1, quiet=context.quiet) as stage:
-            final = run_trial(self._final_trial(solution), context, keep_model=True)
+            final = self._run_trial(self._final_trial(solution), keep_model=True)
             stage.advance(f"test accuracy {final.sample.accuracy:.4f}")
         self.seconds["realise"] = final.seconds.get("cut", 0.0)
         self.seconds["finetune"] = final.seconds.get("train", 0.0)
@@ -323,6 +336,15 @@ class _Pipeline:
             random_state=self.collection.seed,
         )
 
+    def _collect(self) -> list[Sample]:
+        return run_collection(self.context, self.collection, cluster=self.cluster)
+
+    def _run_trial(self, trial: Trial, *, keep_model: bool = False) -> TrialResult:
+        """Here, or as a Ray task when the run has a cluster."""
+        if self.cluster is not None:
+            return self.cluster.run(trial, keep_model=keep_model)
+        return run_trial(trial, self.context, keep_model=keep_model)
+
     def _refine(self, iteration: int, predictor, solution: Solution, samples: list[Sample]):
         """Ask: realise the proposed triple as a trial. Tell: refit on its sample, re-solve."""
         trial = Trial(
@@ -335,7 +357,7 @@ class _Pipeline:
             triple=solution.triple,
             label=f"refine {iteration}/{self.settings.refine}",
         )
-        sample = run_trial(trial, self.context).sample
+        sample = self._run_trial(trial).sample
         realised = [sample.d, sample.w, sample.r]
         predicted_there = float(predictor.predict([realised])[0])
         predictor = self._fit(samples + [sample])

@@ -18,6 +18,7 @@ know nothing about which kind a trial is.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -33,7 +34,7 @@ from .plan import Plan
 from .realise import apply_plan, count_channels, plan_of, realise
 from .samples import Sample
 from .space import Triple
-from .store import RunStore
+from .store import RunStore, StepRecord
 from .train import evaluate, seed_everything, train
 
 __all__ = [
@@ -41,6 +42,10 @@ __all__ = [
     "TrialContext",
     "TrialResult",
     "run_trial",
+    "execute_trial",
+    "stored_trial",
+    "store_trial",
+    "parent_of",
     "evaluate_split",
     "COLLECTION_KINDS",
 ]
@@ -110,7 +115,7 @@ class TrialContext:
 
     base: nn.Module
     data: DataBundle
-    store: RunStore
+    store: RunStore | None
     input_size: tuple[int, int, int]
     base_macs: int
     base_blocks: list
@@ -148,33 +153,73 @@ def run_trial(trial: Trial, context: TrialContext, *, keep_model: bool = False) 
     -------
     TrialResult
     """
-    stored = context.store.load_step(trial.key)
+    stored = stored_trial(trial, context, keep_model=keep_model)
     if stored is not None:
-        if trial.journaled:
-            context.store.record(stored.sample)  # killed between step files and journal
-        model = _restore(stored.plan, stored.state_dict, context) if keep_model else None
-        return TrialResult(stored.sample, stored.plan, model)
+        return stored
+    result = execute_trial(trial, context, parent_of(trial, context))
+    store_trial(trial, result, context)
+    barrier()  # under torchrun: rank 0 has written the trial before any rank reads it
+    return result if keep_model else dataclasses.replace(result, model=None)
+
+
+def stored_trial(trial: Trial, context: TrialContext, *, keep_model: bool) -> TrialResult | None:
+    """The finished trial read back from the store (journal repaired), or None."""
+    stored = context.store.load_step(trial.key)
+    if stored is None:
+        return None
+    if trial.journaled:
+        context.store.record(stored.sample)  # killed between step files and journal
+    model = _restore(stored.plan, stored.state_dict, context) if keep_model else None
+    return TrialResult(stored.sample, stored.plan, model)
+
+
+def parent_of(trial: Trial, context: TrialContext) -> StepRecord | None:
+    """The stored parent a collection step shrinks further (None: the base model)."""
+    if trial.parent is None:
+        return None
+    stored = context.store.load_step(trial.parent)
+    if stored is None:
+        raise RuntimeError(f"trial {trial.key} needs {trial.parent}, which has not run yet")
+    return stored
+
+
+def store_trial(trial: Trial, result: TrialResult, context: TrialContext) -> None:
+    """Write a finished trial: weights, plan and sample, then its journal line."""
+    context.store.save_step(trial.key, result.model.state_dict(), result.plan, result.sample)
+    if trial.journaled:
+        context.store.record(result.sample)
+
+
+def execute_trial(
+    trial: Trial, context: TrialContext, parent: StepRecord | None = None
+) -> TrialResult:
+    """Cut, finetune and evaluate ``trial``; the store is not touched (a remote worker
+    runs this with ``context.store`` None and the ``parent`` the driver read).
+
+    Returns
+    -------
+    TrialResult
+        With the finetuned model.
+    """
     started = time.perf_counter()
     seed_everything(trial.seed)
-    model, plan = _cut_once(trial, context)
+    model, plan = _cut_once(trial, context, parent)
     cut_seconds = time.perf_counter() - started
     _finetune(trial, model, context)
     accuracy = evaluate_split(model, trial.split, context)
     seconds = {"cut": cut_seconds, "train": time.perf_counter() - started - cut_seconds}
     sample = broadcast_object(_sample(trial, plan, accuracy, sum(seconds.values()), context))
-    context.store.save_step(trial.key, model.state_dict(), plan, sample)
-    if trial.journaled:
-        context.store.record(sample)
-    barrier()  # under torchrun: rank 0 has written the trial before any rank reads it
-    return TrialResult(sample, plan, model if keep_model else None, seconds)
+    return TrialResult(sample, plan, model, seconds)
 
 
-def _cut_once(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+def _cut_once(
+    trial: Trial, context: TrialContext, parent: StepRecord | None
+) -> tuple[ResolutionWrapper, Plan]:
     """Cut on rank 0 only; the other ranks rebuild its plan and take its weights."""
     rank, size = world()
     if size == 1:
-        return _cut(trial, context)
-    model, plan = _cut(trial, context) if rank == 0 else (None, None)
+        return _cut(trial, context, parent)
+    model, plan = _cut(trial, context, parent) if rank == 0 else (None, None)
     plan = broadcast_object(plan)
     if rank != 0:
         model = apply_plan(context.base, plan)
@@ -204,7 +249,7 @@ def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
         seed=trial.train_seed,
         teacher=context.base if trial.distill else None,
         evaluate_each_epoch=False,
-        checkpoint_path=context.store.checkpoint_path(trial.key),
+        checkpoint_path=None if context.store is None else context.store.checkpoint_path(trial.key),
         quiet=context.quiet,
         label=trial.label or trial.key,
         precision=context.execution.precision,
@@ -232,9 +277,11 @@ def _sample(
 # ---------------------------------------------------------------------- cutting
 
 
-def _cut(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+def _cut(
+    trial: Trial, context: TrialContext, parent: StepRecord | None
+) -> tuple[ResolutionWrapper, Plan]:
     if trial.kind in COLLECTION_KINDS:
-        return _cut_step(trial, context)
+        return _cut_step(trial, context, parent)
     return realise(
         context.base,
         trial.triple,
@@ -245,22 +292,25 @@ def _cut(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
     )
 
 
-def _parent(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan | None]:
+def _parent_model(
+    context: TrialContext, parent: StepRecord | None
+) -> tuple[ResolutionWrapper, Plan | None]:
     """The parent trial's model and plan, or the base model at full size."""
-    if trial.parent is None:
+    if parent is None:
         size = context.input_size
         return ResolutionWrapper(copy.deepcopy(context.base), size[1:], size), None
-    stored = context.store.load_step(trial.parent)
-    if stored is None:
-        raise RuntimeError(f"trial {trial.key} needs {trial.parent}, which has not run yet")
-    return _restore(stored.plan, stored.state_dict, context), stored.plan
+    return _restore(parent.plan, parent.state_dict, context), parent.plan
 
 
-def _cut_step(trial: Trial, context: TrialContext) -> tuple[ResolutionWrapper, Plan]:
+def _cut_step(
+    trial: Trial, context: TrialContext, parent_record: StepRecord | None
+) -> tuple[ResolutionWrapper, Plan]:
     """Shrink one dimension of the parent's model from ``previous`` to ``value``."""
     from .dims.width import compose_removals, remove_channels, select_channels
 
-    parent, parent_plan = _parent(trial, context)
+    if (trial.parent is None) != (parent_record is None):
+        raise ValueError(f"trial {trial.key} needs its parent {trial.parent!r}'s stored record")
+    parent, parent_plan = _parent_model(context, parent_record)
     inner, size = parent.model, parent.size
     removal = dict(parent_plan.width_removal) if parent_plan is not None else {}
     if trial.kind == "depth":

@@ -1,0 +1,145 @@
+"""Trials as Ray tasks: independent trials run at once on a cluster, the driver keeps the run.
+
+A collection's three dimension chains, and each refine or final trial, are jobs. With
+``cluster="ray"`` each trial becomes a Ray task that receives the shared context (base
+model and data, put once in Ray's object store), the trial and its parent's stored
+record, and returns the sample, the plan and the finetuned weights. The driver alone
+writes the run folder, as each task finishes, so a crash of a worker or of the driver
+loses no finished trial and a re-run resumes.
+
+Each task asks for a share of the cluster's CPUs (and one GPU each when the run's device
+is a GPU) and sets PyTorch's thread count to its CPU share, so tasks sharing a machine
+never oversubscribe its cores. The driver connects to ``RAY_ADDRESS`` if set, else starts
+a local Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import torch
+
+from .progress import Stage
+from .trial import (
+    Trial,
+    TrialContext,
+    TrialResult,
+    execute_trial,
+    parent_of,
+    store_trial,
+    stored_trial,
+)
+
+__all__ = ["RayTrials", "CLUSTERS", "check_cluster"]
+
+#: Accepted ``cluster`` values: None (this process) or ``"ray"``.
+CLUSTERS = (None, "ray")
+
+
+def check_cluster(cluster: str | None) -> str | None:
+    """``cluster`` if known; a clear error if Ray is asked for and not installed."""
+    if cluster not in CLUSTERS:
+        raise ValueError(f"cluster must be None or 'ray', got {cluster!r}")
+    if cluster == "ray":
+        _ray()
+    return cluster
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "cluster='ray' needs Ray: pip install 'tridim[ray]' (or pip install ray)"
+        ) from None
+    return ray
+
+
+def _execute_remote(trial: Trial, context: TrialContext, parent, threads: int):
+    """The task body: run the trial on this worker with its share of the CPU."""
+    torch.set_num_threads(threads)
+    context.execution.place(context.base)
+    result = execute_trial(trial, context, parent)
+    weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
+    return result.sample, result.plan, weights, result.seconds
+
+
+class RayTrials:
+    """Runs a run's trials as Ray tasks; the driver (this object) writes the store.
+
+    Parameters
+    ----------
+    context : TrialContext
+        The run's context (its store is the driver's).
+    concurrency : int
+        How many trials are meant to run at once: each task asks for
+        ``cluster CPUs // concurrency`` CPUs (at least 1).
+    """
+
+    def __init__(self, context: TrialContext, concurrency: int = 3) -> None:
+        ray = _ray()
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
+        self.ray, self.context = ray, context
+        resources = ray.cluster_resources()
+        self.threads = max(1, int(resources.get("CPU", 1)) // max(1, concurrency))
+        device = context.execution.device
+        gpus = 1 if device is not None and device.type == "cuda" else 0
+        self.task = ray.remote(num_cpus=self.threads, num_gpus=gpus)(_execute_remote)
+        remote_context = dataclasses.replace(
+            context, base=_on_cpu(context.base), store=None, quiet=True
+        )
+        self.shared = ray.put(remote_context)
+
+    def submit(self, trial: Trial):
+        """Start ``trial`` as a task; returns its Ray object reference."""
+        parent = parent_of(trial, self.context)
+        return self.task.remote(trial, self.shared, parent, self.threads)
+
+    def finish(self, trial: Trial, reference, *, keep_model: bool = False) -> TrialResult:
+        """Wait for a task, store its trial, and return the result."""
+        sample, plan, weights, seconds = self.ray.get(reference)
+        from .realise import apply_plan
+
+        model = apply_plan(self.context.base, plan)
+        model.load_state_dict(weights)
+        result = TrialResult(sample, plan, model.eval(), seconds)
+        store_trial(trial, result, self.context)
+        return result if keep_model else dataclasses.replace(result, model=None)
+
+    def run(self, trial: Trial, *, keep_model: bool = False) -> TrialResult:
+        """One trial on the cluster (read back instead if the store has it)."""
+        stored = stored_trial(trial, self.context, keep_model=keep_model)
+        if stored is not None:
+            return stored
+        return self.finish(trial, self.submit(trial), keep_model=keep_model)
+
+    def run_chains(self, chains: list[list[Trial]], stage: Stage) -> None:
+        """Run chains of dependent trials, the chains side by side; store as they end."""
+        queues = [list(chain) for chain in chains]
+        pending: dict = {}
+
+        def start_next(queue: list[Trial]) -> None:
+            while queue:
+                trial = queue.pop(0)
+                if stored_trial(trial, self.context, keep_model=False) is None:
+                    pending[self.submit(trial)] = (trial, queue)
+                    return
+                stage.advance(f"{trial.key} (stored)")
+
+        for queue in queues:
+            start_next(queue)
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            trial, queue = pending.pop(done[0])
+            result = self.finish(trial, done[0])
+            stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
+            start_next(queue)
+
+
+def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:
+    """A CPU copy to ship to workers (each moves it to its own device)."""
+    import copy
+
+    return copy.deepcopy(model).cpu()
