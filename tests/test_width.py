@@ -347,6 +347,27 @@ def test_unsupported_layer_is_named_and_can_be_ignored():
     assert pruned(example).shape == (1, 2)
 
 
+class GainConv(nn.Conv2d):
+    """A convolution subclass with one more parameter (like timm's ScaledStdConv2d)."""
+
+    def __init__(self):
+        super().__init__(8, 8, 3)
+        self.gain = nn.Parameter(torch.ones(8, 1, 1, 1))
+
+    def forward(self, x):
+        return self._conv_forward(x, self.weight * self.gain, self.bias)
+
+
+def test_a_known_layer_with_extra_parameters_is_refused():
+    model = _net_with(GainConv())
+    example = torch.randn(1, *SIZE)
+    with pytest.raises(ValueError, match=r"layer '2' \(GainConv\) adds parameters \['gain'\]"):
+        prune_width(model, 0.5, example_input=example)
+    pruned = prune_width(model, 0.5, example_input=example, ignored_layers=["2"])
+    assert pruned[0].out_channels == 8 and pruned[4].out_channels < 8
+    assert pruned(example).shape == (1, 2)
+
+
 def test_per_channel_parameters_are_pruned_with_their_channels():
     model = _net_with(Scale(8))
     example = torch.randn(1, *SIZE)

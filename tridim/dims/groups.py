@@ -165,21 +165,23 @@ def _ignored_name(model: nn.Module, by_module: dict, layer) -> str:
 def _check_supported(model: nn.Module, ignored: set[str]) -> None:
     """Raise if a layer outside ``ignored`` holds parameters the graph cannot prune."""
     tp = _tp()
+    attention = _attention_layer(model, ignored)
+    if attention is not None:
+        raise ValueError(
+            f"{type(model).__name__} is a transformer (attention in {attention!r}): its "
+            "channels cannot be pruned channel-wise. Width pruning supports convolutional "
+            "networks; compress this model by depth and resolution only"
+        )
     handled = set(tp.pruner.function.PrunerBox) - {tp.ops.OPTYPE.PARAMETER}
     for name, module in model.named_modules():
         own = list(module.parameters(recurse=False))
-        if name in ignored or not own or tp.ops.module2type(module) in handled:
+        if name in ignored or not own:
+            continue
+        if tp.ops.module2type(module) in handled:
+            _check_standard_parameters(name, module)
             continue
         if all(_per_channel(p) for p in own):
             continue  # e.g. a layer scale: pruned along its one channel axis
-        attention = _attention_layer(model)
-        if attention is not None:
-            raise ValueError(
-                f"{type(model).__name__} is a transformer: its layer {name!r} "
-                f"({type(module).__name__}) and its attention ({attention!r}) cannot be "
-                "pruned channel-wise. Width pruning supports convolutional networks; "
-                "compress this model by depth and resolution only"
-            )
         raise ValueError(
             f"layer {name!r} ({type(module).__name__}) holds parameters that the "
             "dependency graph cannot prune; pass ignored_layers=[{name!r}] to leave the "
@@ -187,10 +189,25 @@ def _check_supported(model: nn.Module, ignored: set[str]) -> None:
         )
 
 
-def _attention_layer(model: nn.Module) -> str | None:
-    """Name of the model's first attention layer, if it has one."""
+def _check_standard_parameters(name: str, module: nn.Module) -> None:
+    """A known layer type whose subclass adds parameters its pruning rule would leave whole."""
+    extra = [n for n, _ in module.named_parameters(recurse=False) if n not in ("weight", "bias")]
+    if extra and isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+        raise ValueError(
+            f"layer {name!r} ({type(module).__name__}) adds parameters {extra} to a "
+            f"{type(module).__mro__[1].__name__} that the dependency graph would not prune "
+            f"with its channels; pass ignored_layers=[{name!r}] to leave the channels "
+            "around it untouched"
+        )
+
+
+def _attention_layer(model: nn.Module, ignored: set[str]) -> str | None:
+    """Name of the model's first attention layer outside ``ignored``, if any."""
     for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__:
+        attention = (
+            isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__
+        )
+        if attention and name not in ignored:
             return name
     return None
 
