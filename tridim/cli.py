@@ -170,6 +170,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from . import data as datasets
     from . import models
+    from .distributed import is_writer
     from .measure import count_macs, count_params
     from .train import evaluate, seed_everything, train
 
@@ -192,6 +193,8 @@ def _run_train(args: argparse.Namespace) -> int:
     accuracy = evaluate(
         model, bundle.loader("test", 256, device=execution["device"]), precision=args.precision
     )
+    if not is_writer():  # under torchrun rank 0 alone writes
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
@@ -242,7 +245,7 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--target",
         type=float,
-        default=0.5,
+        default=None,
         help="FLOPs budget: pruned MACs / original MACs, in (0, 1] (default: 0.5)",
     )
     parser.add_argument(
@@ -309,14 +312,62 @@ def _add_optimize(sub) -> None:
         help="reuse a fitted predictor.json: skip collection (the base model cached beside "
         "it is reused too; refine refits on its samples plus the new ones)",
     )
+    parser.add_argument(
+        "--target-speedup",
+        type=float,
+        default=None,
+        help="latency budget instead of --target: base latency / pruned latency (> 1), "
+        "measured on --runtime at --latency-batch",
+    )
+    parser.add_argument(
+        "--target-latency-ms",
+        type=float,
+        default=None,
+        help="latency budget instead of --target: milliseconds per batch of --latency-batch",
+    )
+    parser.add_argument(
+        "--runtime",
+        default="eager",
+        choices=["eager", "onnxruntime"],
+        help="what a latency budget is measured on: PyTorch eager on --device, or ONNX "
+        "Runtime on CPU (default: eager)",
+    )
+    parser.add_argument(
+        "--latency-batch",
+        type=int,
+        default=64,
+        help="batch size of latency budgets and of the report's second timing (default: 64)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(handler=_run_optimize)
+
+
+def _budget_args(args: argparse.Namespace) -> dict:
+    """The latency budget options of ``optimize``; ``--target`` 0.5 if none is given."""
+    latency = {
+        "target_speedup": getattr(args, "target_speedup", None),
+        "target_latency_ms": getattr(args, "target_latency_ms", None),
+    }
+    given = [name for name, value in latency.items() if value is not None]
+    if len(given) > 1 or (given and args.target is not None):
+        raise ValueError("give one budget: --target, --target-speedup or --target-latency-ms")
+    if not given:
+        args.target = 0.5 if args.target is None else args.target
+        return {}
+    return {**latency, "runtime": args.runtime}
 
 
 def _workdir(args: argparse.Namespace) -> Path:
     if args.workdir:
         return Path(args.workdir)
     data = Path(str(args.data)).name or "data"
+    if args.target is None:
+        speedup, ms = (
+            getattr(args, "target_speedup", None),
+            getattr(args, "target_latency_ms", None),
+        )
+        budget = f"x{speedup:g}" if speedup is not None else f"ms{ms:g}"
+        return Path("runs") / f"{args.model}-{data}-{budget}-{args.runtime}"
     return Path("runs") / f"{args.model}-{data}-t{args.target:g}"
 
 
@@ -325,8 +376,9 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
     from . import models
     from .collect import CollectionSettings
 
+    target = 0.5 if args.target is None else args.target  # a latency run measures its own
     settings = CollectionSettings(
-        args.target, args.rounds, args.epochs_per_step, args.criterion, args.seed
+        target, args.rounds, args.epochs_per_step, args.criterion, args.seed
     )
     if bundle is None or settings.criterion != "auto":
         return settings
@@ -340,12 +392,14 @@ def _open_workdir(args: argparse.Namespace, bundle, sections: dict):
     """
     import shutil
 
+    from .distributed import barrier
     from .store import RunStore
 
     workdir = _workdir(args)
     store = RunStore(workdir)  # refuses a file
     if getattr(args, "force", False) and store.file("manifest.json").is_file() and store.writes:
         shutil.rmtree(workdir)
+    barrier()  # under torchrun the other ranks check the folder rank 0 has emptied
     data = {
         "name": bundle.name,
         "input_shape": list(bundle.input_shape),
@@ -432,7 +486,6 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
 
 
 def _run_optimize(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
 
     from . import data as datasets
     from .cluster import check_cluster
@@ -440,22 +493,29 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from .predictor import LowRankPolynomialRegressor
     from .report import render_report_markdown
 
+    budget = _budget_args(args)
     collection = _collection_settings(args)
     execution = _execution_options(args)
     check_cluster(args.cluster)
-    settings = OptimizeSettings(args.final_epochs, args.refine, not args.no_distill)
+    settings = OptimizeSettings(
+        args.final_epochs, args.refine, not args.no_distill, latency_batch=args.latency_batch
+    )
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
-    if predictor is not None:
+    if predictor is not None and args.target is not None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
-    sections = {"settings": asdict(collection), "optimize": settings.manifest()}
+    sections = {"optimize": settings.manifest()}
+    if args.target is not None:  # a latency run's settings hold its measured target
+        sections["settings"] = collection.manifest()
     store = _open_workdir(args, bundle, sections)
     model = _base_model(args, bundle, store.path)
     result = optimize(
         model,
         bundle,
         args.target,
+        **budget,
+        latency_batch=args.latency_batch,
         workdir=store.path,
         predictor=predictor,
         rounds=args.rounds,
@@ -491,19 +551,19 @@ def _add_collect(sub) -> None:
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
 
     from . import data as datasets
     from .cluster import check_cluster
     from .collect import collect
     from .store import JOURNAL
 
+    args.target = 0.5 if args.target is None else args.target
     _collection_settings(args)
     execution = _execution_options(args)
     check_cluster(args.cluster)
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
-    store = _open_workdir(args, bundle, {"settings": asdict(collection)})
+    store = _open_workdir(args, bundle, {"settings": collection.manifest()})
     workdir = store.path
     model = _base_model(args, bundle, workdir)
     samples = collect(
@@ -811,6 +871,92 @@ def _run_bench_dims(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_latency(benches) -> None:
+    parser = benches.add_parser(
+        "latency",
+        help="a MACs budget against a latency budget at the same measured speed-up",
+        description="From one trained base model, run optimize at a MACs target, then at a "
+        "latency budget equal to the speed-up the MACs run measured (and at any "
+        "--extra-speedups); time every final model against the base in the same run and "
+        "report accuracy, MACs, speed-ups at batch 1 and --latency-batch, and the latency "
+        "table's error on the final models.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
+    parser.add_argument("--base-epochs", type=int, default=10, help="default 10")
+    parser.add_argument("--rounds", type=int, default=3, help="default 3")
+    parser.add_argument("--epochs-per-step", type=int, default=1, help="default 1")
+    parser.add_argument("--final-epochs", type=int, default=4, help="default 4")
+    parser.add_argument("--refine", type=int, default=1, help="default 1")
+    parser.add_argument("--latency-batch", type=int, default=64, help="default 64")
+    parser.add_argument("--runtime", default="eager", choices=["eager", "onnxruntime"])
+    parser.add_argument(
+        "--extra-speedups", type=float, nargs="*", default=[], help="more latency budgets"
+    )
+    parser.add_argument(
+        "--train-subset", type=int, default=None, help="train on this many examples only"
+    )
+    parser.add_argument("--out", default="runs/bench-latency", help="run folders (resumable)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_latency)
+
+
+def _run_bench_latency(args: argparse.Namespace) -> int:
+    from .bench.latency import run_latency_bench
+
+    result = run_latency_bench(
+        args.data,
+        args.model,
+        out=args.out,
+        target=args.target,
+        base_epochs=args.base_epochs,
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        final_epochs=args.final_epochs,
+        refine=args.refine,
+        latency_batch=args.latency_batch,
+        runtime=args.runtime,
+        extra_speedups=tuple(args.extra_speedups),
+        train_subset=args.train_subset,
+        seed=args.seed,
+        quiet=args.quiet,
+        data_options=_data_options(args) or None,
+    )
+    config, batch = result["config"], f"batch_{args.latency_batch}"
+    print(
+        f"tridim bench latency: {config['model']} on {config['data']} "
+        f"({config['train_examples']} training images), base {result['base']['epochs']} epochs "
+        f"(test accuracy {result['base']['accuracy']:.4f}), runtime {config['runtime']}, "
+        f"{config['threads']} threads"
+    )
+    rows = [
+        {
+            "run": row["name"],
+            "d": row["triple"]["d"],
+            "w": row["triple"]["w"],
+            "r": row["triple"]["r"],
+            "accuracy": row["accuracy"],
+            "macs_ratio": row["macs_ratio"],
+            "analytic": row["analytic_flops_ratio"],
+            "speedup_b1": row["speedup"]["batch_1"],
+            f"speedup_b{args.latency_batch}": row["speedup"][batch],
+            "predicted": row["budget"].get("predicted_speedup"),
+            "table_error": row["table_error"],
+        }
+        for row in result["rows"]
+    ]
+    print(_table(rows))
+    print(
+        "accuracy: test, after the final finetune; speed-up: base / final latency, timed "
+        "against the base in alternating rounds; predicted: the latency table's speed-up; "
+        "table_error: table-predicted / measured latency of the final model - 1."
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 def _add_bench_width(benches) -> None:
     parser = benches.add_parser(
         "width",
@@ -1027,6 +1173,7 @@ _BENCHES: list[Callable] = [
     _add_bench_predictor,
     _add_bench_width,
     _add_bench_dims,
+    _add_bench_latency,
     _add_bench_zoo,
     _add_bench_train,
 ]

@@ -82,13 +82,14 @@ class RayTrials:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         self.ray, self.context = ray, context
-        resources = ray.cluster_resources()
-        self.threads = max(1, int(resources.get("CPU", 1)) // max(1, concurrency))
-        device = context.execution.device
-        gpus = 1 if device is not None and device.type == "cuda" else 0
+        self.threads = _task_cpus(ray, concurrency)
+        execution = context.execution
+        gpus = 1 if execution.device is not None and execution.device.type == "cuda" else 0
+        if gpus:  # Ray shows each task its own GPU as cuda:0, whatever index the driver used
+            execution = dataclasses.replace(execution, device=torch.device("cuda"))
         self.task = ray.remote(num_cpus=self.threads, num_gpus=gpus)(_execute_remote)
         remote_context = dataclasses.replace(
-            context, base=_on_cpu(context.base), store=None, quiet=True
+            context, base=_on_cpu(context.base), store=None, quiet=True, execution=execution
         )
         self.shared = ray.put(remote_context)
 
@@ -136,6 +137,15 @@ class RayTrials:
             result = self.finish(trial, done[0])
             stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
             start_next(queue)
+
+
+def _task_cpus(ray, concurrency: int) -> int:
+    """CPUs per task: the cluster's share per concurrent trial, capped so that a task
+    still fits on the largest live node (Ray never schedules a task across nodes)."""
+    total = int(ray.cluster_resources().get("CPU", 1))
+    nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    largest = int(max(nodes, default=total)) or total
+    return max(1, min(total // max(1, concurrency), largest))
 
 
 def _on_cpu(model: torch.nn.Module) -> torch.nn.Module:

@@ -70,10 +70,16 @@ class CollectionSettings:
     overshoot: float = 0.0
     lr: float = 0.02
     batch_size: int = 128
+    ends: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         from .dims.criteria import CRITERIA
 
+        if self.ends is not None:
+            if len(self.ends) != 3:
+                raise ValueError(f"ends must be (d, w, r), got {self.ends!r}")
+            ends = tuple(check_ratio(x, name) for x, name in zip(self.ends, DIMENSIONS))
+            object.__setattr__(self, "ends", ends)
         object.__setattr__(
             self, "target_flops_ratio", check_ratio(self.target_flops_ratio, "target_flops_ratio")
         )
@@ -88,6 +94,15 @@ class CollectionSettings:
             raise ValueError(f"overshoot must be in [0, 0.5), got {self.overshoot}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    def manifest(self) -> dict:
+        """The settings as the run folder's manifest records them (``ends`` only if set)."""
+        fields = asdict(self)
+        if fields["ends"] is None:
+            del fields["ends"]
+        else:
+            fields["ends"] = list(fields["ends"])
+        return fields
 
     def for_model(self, model: nn.Module) -> CollectionSettings:
         """These settings with ``criterion="auto"`` resolved for ``model``."""
@@ -110,12 +125,18 @@ def _check_count(value, name: str, *, minimum: int | None) -> None:
         raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
 
 
-def step_values(target_flops_ratio: float, rounds: int, overshoot: float = 0.0) -> dict:
+def step_values(
+    target_flops_ratio: float,
+    rounds: int,
+    overshoot: float = 0.0,
+    ends: tuple[float, float, float] | None = None,
+) -> dict:
     """The coordinate each dimension is pruned to at every step.
 
     Depth alone meets a FLOPs target T at d = T, width and resolution at sqrt(T)
-    (cost d * w^2 * r^2). ``overshoot`` goes that fraction further, so the fitted
-    predictor also sees a little beyond the target.
+    (cost d * w^2 * r^2); ``ends`` replaces these (a latency budget's, found from the
+    latency table). ``overshoot`` goes that fraction further, so the fitted predictor
+    also sees a little beyond the target.
 
     Returns
     -------
@@ -124,7 +145,11 @@ def step_values(target_flops_ratio: float, rounds: int, overshoot: float = 0.0) 
         each list decreasing from just below 1 to the end value.
     """
     target = check_ratio(target_flops_ratio, "target_flops_ratio")
-    ends = {"depth": target, "width": math.sqrt(target), "resolution": math.sqrt(target)}
+    ends = (
+        dict(zip(DIMENSIONS, ends))
+        if ends is not None
+        else {"depth": target, "width": math.sqrt(target), "resolution": math.sqrt(target)}
+    )
     values = {}
     for dim, end in ends.items():
         end = max(0.02, end * (1.0 - overshoot))
@@ -141,7 +166,9 @@ def collection_trials(settings: CollectionSettings, *, depth: bool = True) -> li
     depth : bool
         Whether the model has removable blocks; without, the depth chain is empty.
     """
-    values = step_values(settings.target_flops_ratio, settings.rounds, settings.overshoot)
+    values = step_values(
+        settings.target_flops_ratio, settings.rounds, settings.overshoot, settings.ends
+    )
     chains = []
     for index, dim in enumerate(DIMENSIONS):
         chain, parent, previous = [], None, 1.0
@@ -364,7 +391,7 @@ def run_manifest(base: nn.Module, data: DataBundle, settings: CollectionSettings
             "input_shape": list(data.input_shape),
             "num_classes": data.num_classes,
         },
-        "settings": asdict(settings),
+        "settings": settings.manifest(),
     }
 
 

@@ -133,6 +133,8 @@ _ON_DEVICE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _tensors_on(dataset: TensorDataset, device: torch.device | None) -> tuple:
     """The dataset's tensors on ``device``, copied once per dataset and device."""
+    if device is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # one key per GPU
     if device is None or all(t.device == device for t in dataset.tensors):
         return dataset.tensors
     copies = _ON_DEVICE.setdefault(dataset, {})

@@ -1,18 +1,20 @@
 """A latency cost model: per-layer timings on the target, composed into a model's latency.
 
-A :class:`LatencyTable` holds, for one device, thread count and batch size, the measured
-forward time of single convolution and linear layers keyed by their shape (operator,
-input and output channels, input height and width, kernel, stride, padding, groups). The
+A :class:`LatencyTable` holds, for one runtime (PyTorch eager on a device, or ONNX
+Runtime on CPU), thread count and batch size, the measured forward time of single
+convolution and linear layers keyed by their shape (operator, input and output channels,
+input height and width, kernel, stride, padding, dilation, groups). The
 predicted latency of any model is ``scale * sum(layer times) + overhead_ms``: the layers'
 entries (measured on first use, then cached) summed over the model's convolutions and
 linear layers, with ``scale`` and ``overhead_ms`` fitted by :meth:`LatencyTable.calibrate`
 to whole-model timings, so what the table does not key (BatchNorm, activations, pooling,
 adds, Python overhead) is absorbed in proportion. Tables are JSON and can be cached per
-(device, threads, batch) with :meth:`LatencyTable.cache_path`.
+(runtime, device, threads, batch) with :meth:`LatencyTable.cache_path`.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Sequence
@@ -25,19 +27,19 @@ import torch.nn as nn
 
 from .atomic import atomic_write_json
 from .device import model_device, resolve_device
-from .measure import measure_latency
+from .runtimes import check_runtime, time_forward
 from .space import check_input_size
 
-__all__ = ["LayerShape", "LatencyTable", "layer_shapes"]
+__all__ = ["LayerShape", "LatencyTable", "layer_calls", "layer_shapes", "named_layer_shapes"]
 
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass(frozen=True)
 class LayerShape:
     """What a layer's latency depends on (one key of the table)."""
 
-    kind: str  # "conv" or "linear"
+    kind: str  # "conv", "linear", or the class name of an element-wise or pooling layer
     cin: int
     cout: int
     height: int
@@ -46,6 +48,7 @@ class LayerShape:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
+    dilation: tuple[int, int] = (1, 1)
 
     @property
     def key(self) -> str:
@@ -54,45 +57,84 @@ class LayerShape:
 
     @classmethod
     def from_key(cls, key: str) -> LayerShape:
-        kind, cin, cout, h, w, kernel, stride, padding, groups = json.loads(key)
-        return cls(kind, cin, cout, h, w, tuple(kernel), tuple(stride), tuple(padding), groups)
+        kind, cin, cout, h, w, kernel, stride, padding, groups, dilation = json.loads(key)
+        return cls(
+            kind, cin, cout, h, w, tuple(kernel), tuple(stride), tuple(padding), groups,
+            tuple(dilation),
+        )  # fmt: skip
 
-    def build(self) -> tuple[nn.Module, tuple[int, ...]]:
-        """A lone layer of this shape and the size ``(C, H, W)`` of one input for it."""
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of one image through this layer (0 but for conv and linear)."""
+        if self.kind not in ("conv", "linear"):
+            return 0
+        if self.kind == "linear":
+            return self.cin * self.cout
+        out_h, out_w = (
+            (size + 2 * pad - dil * (k - 1) - 1) // s + 1
+            for size, pad, dil, k, s in zip(
+                (self.height, self.width), self.padding, self.dilation, self.kernel, self.stride
+            )
+        )
+        per_output = (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
+        return self.cout * out_h * out_w * per_output
+
+    def build(self, module: nn.Module | None = None) -> tuple[nn.Module, tuple[int, ...]]:
+        """A lone layer of this shape and the size ``(C, H, W)`` of one input for it.
+
+        Conv and linear layers are built from the shape; any other kind is a copy of
+        ``module``, the layer met in the model.
+        """
+        if self.kind not in ("conv", "linear"):
+            if module is None:
+                raise ValueError(f"a {self.kind} entry is timed from the layer itself")
+            return copy.deepcopy(module).cpu(), (self.cin, self.height, self.width)
         if self.kind == "linear":  # timed on (C, 1, 1) inputs, flattened first
             return nn.Sequential(nn.Flatten(), nn.Linear(self.cin, self.cout)), (self.cin, 1, 1)
         layer = nn.Conv2d(
-            self.cin, self.cout, self.kernel, self.stride, self.padding, groups=self.groups
+            self.cin,
+            self.cout,
+            self.kernel,
+            self.stride,
+            self.padding,
+            dilation=self.dilation,
+            groups=self.groups,
         )
         return layer, (self.cin, self.height, self.width)
 
 
 def layer_shapes(model: nn.Module, input_size: Sequence[int]) -> list[LayerShape]:
-    """The shapes of every Conv2d and Linear layer a forward pass at ``input_size`` runs."""
+    """The shapes of every layer call a forward pass at ``input_size`` runs (see
+    :func:`layer_calls`)."""
+    return [shape for _, _, shape in layer_calls(model, input_size)]
+
+
+def named_layer_shapes(model: nn.Module, input_size: Sequence[int]) -> list[tuple[str, LayerShape]]:
+    """``(module name, shape)`` of every layer call, in forward order."""
+    return [(name, shape) for name, _, shape in layer_calls(model, input_size)]
+
+
+def layer_calls(
+    model: nn.Module, input_size: Sequence[int]
+) -> list[tuple[str, nn.Module, LayerShape]]:
+    """``(name, module, shape)`` of every timed layer call of a forward pass.
+
+    Timed: Conv2d and Linear layers, and every other leaf module fed a 4-D feature map
+    (BatchNorm, activations, pooling), keyed by class name and input size. Identity and
+    dropout cost nothing; what is not a module (residual adds, flatten) is left to the
+    calibration.
+    """
     size = check_input_size(input_size)
-    shapes: list[LayerShape] = []
+    calls: list[tuple[str, nn.Module, LayerShape]] = []
+    names = {module: name for name, module in model.named_modules()}
 
     def hook(module, inputs, _output):
-        x = inputs[0]
-        if isinstance(module, nn.Linear):
-            shapes.append(LayerShape("linear", module.in_features, module.out_features, 1, 1))
-        else:
-            shapes.append(
-                LayerShape(
-                    "conv",
-                    module.in_channels,
-                    module.out_channels,
-                    int(x.shape[-2]),
-                    int(x.shape[-1]),
-                    tuple(module.kernel_size),
-                    tuple(module.stride),
-                    tuple(module.padding) if not isinstance(module.padding, str) else (0, 0),
-                    module.groups,
-                )
-            )
+        shape = _shape_of(module, inputs[0]) if inputs else None
+        if shape is not None:
+            calls.append((names[module], module, shape))
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    handles = [m.register_forward_hook(hook) for m in layers]
+    leaves = [m for m in model.modules() if not any(True for _ in m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves if not isinstance(m, _FREE)]
     was_training = model.training
     try:
         with torch.no_grad():
@@ -101,22 +143,75 @@ def layer_shapes(model: nn.Module, input_size: Sequence[int]) -> list[LayerShape
         model.train(was_training)
         for handle in handles:
             handle.remove()
-    return shapes
+    return calls
+
+
+_FREE = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten)
+
+
+def _shape_of(module: nn.Module, x) -> LayerShape | None:
+    if isinstance(module, nn.Linear):
+        return LayerShape("linear", module.in_features, module.out_features, 1, 1)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return None
+    height, width = int(x.shape[-2]), int(x.shape[-1])
+    if isinstance(module, nn.Conv2d):
+        return LayerShape(
+            "conv",
+            module.in_channels,
+            module.out_channels,
+            height,
+            width,
+            tuple(module.kernel_size),
+            tuple(module.stride),
+            _padding(module),
+            module.groups,
+            tuple(module.dilation),
+        )
+    channels = int(x.shape[1])
+    return LayerShape(
+        type(module).__name__,
+        channels,
+        channels,
+        height,
+        width,
+        _pair(getattr(module, "kernel_size", 1)),
+        _pair(getattr(module, "stride", 1) or 1),
+        _pair(getattr(module, "padding", 0)),
+    )
+
+
+def _pair(value) -> tuple[int, int]:
+    if isinstance(value, (tuple, list)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """Explicit padding, also for ``padding="same"`` / ``"valid"``."""
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        return tuple(d * (k - 1) // 2 for d, k in zip(conv.dilation, conv.kernel_size))
+    return tuple(conv.padding)
 
 
 class LatencyTable:
-    """Per-layer latencies on one device, thread count and batch size; see the module doc.
+    """Per-layer latencies on one runtime, thread count and batch size; see the module doc.
 
     Parameters
     ----------
     device : str
-        Where layers are timed (as in :func:`tridim.device.resolve_device`).
+        Where layers are timed (as in :func:`tridim.device.resolve_device`); ONNX Runtime
+        times on the CPU.
     batch_size : int
         Images per forward pass.
     threads : int, optional
         PyTorch threads while timing (default: the current count).
     repeats : int
         Timed passes per layer (the median is kept).
+    runtime : {"eager", "onnxruntime"}
+        What runs the layers (see :mod:`tridim.runtimes`).
     """
 
     def __init__(
@@ -126,35 +221,30 @@ class LatencyTable:
         *,
         threads: int | None = None,
         repeats: int = 15,
+        runtime: str = "eager",
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self.device = str(resolve_device(device))
+        self.runtime = check_runtime(runtime)
+        self.device = "cpu" if runtime == "onnxruntime" else str(resolve_device(device))
         self.batch_size = batch_size
         self.threads = int(threads or torch.get_num_threads())
         self.repeats = int(repeats)
         self.entries: dict[str, float] = {}
         self.scale, self.overhead_ms = 1.0, 0.0
 
-    def layer_ms(self, shape: LayerShape) -> float:
-        """The median time of one layer of ``shape`` (measured once, then read back)."""
+    def layer_ms(self, shape: LayerShape, module: nn.Module | None = None) -> float:
+        """The median time of one layer of ``shape`` (measured once, then read back);
+        ``module`` is the layer itself, needed to time a kind other than conv or linear."""
         if shape.key not in self.entries:
-            layer, size = shape.build()
-            timing = measure_latency(
-                layer,
-                size,
-                self.batch_size,
-                repeats=self.repeats,
-                warmup=2,
-                threads=self.threads,
-                device=self.device,
-            )
-            self.entries[shape.key] = float(timing["median_ms"])
+            layer, size = shape.build(module)
+            self.entries[shape.key] = self.time_ms(layer, size)
         return self.entries[shape.key]
 
     def layers_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
         """The uncalibrated sum of the model's layer times."""
-        return sum(self.layer_ms(shape) for shape in layer_shapes(model, input_size))
+        calls = layer_calls(model, input_size)
+        return sum(self.layer_ms(shape, module) for _, module, shape in calls)
 
     def predict_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
         """Predicted forward latency of ``model`` at ``input_size`` (calibrated)."""
@@ -179,7 +269,7 @@ class LatencyTable:
         if len(models) < 2:
             raise ValueError("calibrate needs at least two models of different cost")
         sums = np.array([self.layers_ms(m, input_size) for m in models])
-        measured = np.array([self._whole_ms(m, input_size) for m in models])
+        measured = np.array([self.time_ms(m, input_size) for m in models])
         design = np.stack([sums, np.ones_like(sums)], axis=1)
         (scale, overhead), *_ = np.linalg.lstsq(design, measured, rcond=None)
         if scale <= 0:  # degenerate timings: fall back to a pure ratio
@@ -192,31 +282,31 @@ class LatencyTable:
             "relative_errors": (predicted / measured - 1.0).tolist(),
         }
 
-    def _whole_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
-        timing = measure_latency(
+    def time_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
+        """The median measured time of ``model`` on this table's runtime (not moved)."""
+        timing = time_forward(
             model,
             input_size,
             self.batch_size,
-            repeats=self.repeats,
-            warmup=2,
-            threads=self.threads,
+            runtime=self.runtime,
             device=self.device,
+            threads=self.threads,
+            repeats=self.repeats,
         )
         return float(timing["median_ms"])
 
     # ------------------------------------------------------------------ files
 
     def cache_path(self, folder: str | os.PathLike) -> Path:
-        """Where this table's device, threads and batch are cached inside ``folder``."""
-        name = (
-            f"latency-eager-{self.device.replace(':', '')}-t{self.threads}-b{self.batch_size}.json"
-        )
+        """Where this table's runtime, device, threads and batch are cached in ``folder``."""
+        device = self.device.replace(":", "")
+        name = f"latency-{self.runtime}-{device}-t{self.threads}-b{self.batch_size}.json"
         return Path(folder) / name
 
     def to_dict(self) -> dict:
         return {
             "format": FORMAT,
-            "runtime": "eager",
+            "runtime": self.runtime,
             "device": self.device,
             "batch_size": self.batch_size,
             "threads": self.threads,
@@ -232,11 +322,18 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LatencyTable:
-        """Read a table written by :meth:`save`."""
+        """Read a table written by :meth:`save` (on any machine: timing new layers needs
+        the table's device, reading it back does not)."""
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError(f"{path} is not a tridim latency table (format {FORMAT})")
-        table = cls(data["device"], data["batch_size"], threads=data["threads"])
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LatencyTable:
+        """The table of :meth:`to_dict`'s output."""
+        table = cls("cpu", data["batch_size"], threads=data["threads"], runtime=data["runtime"])
+        table.device = data["device"]
         table.repeats = data["repeats"]
         table.scale, table.overhead_ms = data["scale"], data["overhead_ms"]
         table.entries = {k: float(v) for k, v in data["entries"].items()}

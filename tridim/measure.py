@@ -159,13 +159,15 @@ def measure_latency(
 def _timed(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
     """Milliseconds of one forward pass, the device's queue drained before and after."""
     if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda.synchronize(device)
-        start.record()
-        model(x)
-        end.record()
-        end.synchronize()
-        return float(start.elapsed_time(end))
+        with torch.cuda.device(device):  # events record on the current device's stream
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
     synchronize(device)
     begin = time.perf_counter()
     model(x)

@@ -15,6 +15,8 @@ so a re-run on the same workdir resumes where the last one stopped.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn as nn
 
+from .budget import LatencyBudget, PreparedBudget, prepare_budget
 from .cluster import RayTrials, check_cluster
 from .collect import (
     CollectionSettings,
@@ -33,15 +36,17 @@ from .collect import (
     open_run,
     run_collection,
 )
+from .costs import CostModel, macs_cost
 from .data import DataBundle
 from .device import Execution, model_device
-from .distributed import world
+from .distributed import barrier, is_writer, setup, world
 from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
 from .predictor import LowRankPolynomialRegressor, fit_on_samples
 from .progress import Stage
 from .report import render_report_markdown
+from .runtimes import check_runtime
 from .samples import Sample
 from .solver import Solution, solve
 from .space import Triple, flops_cost
@@ -132,9 +137,12 @@ class OptimizeSettings:
 def optimize(
     model: nn.Module,
     data: DataBundle,
-    target_flops_ratio: float,
+    target_flops_ratio: float | None = None,
     *,
     workdir: str | os.PathLike,
+    target_speedup: float | None = None,
+    target_latency_ms: float | None = None,
+    runtime: str = "eager",
     predictor: LowRankPolynomialRegressor | None = None,
     rounds: int = 4,
     epochs_per_step: int = 2,
@@ -154,7 +162,7 @@ def optimize(
     channels_last: bool = False,
     cluster: str | None = None,
 ) -> CompressionResult:
-    """Compress ``model`` to ``target_flops_ratio`` of its MACs along depth, width and resolution.
+    """Compress ``model`` to a MACs or latency budget along depth, width and resolution.
 
     Parameters
     ----------
@@ -163,10 +171,19 @@ def optimize(
     data : DataBundle
         Finetuning uses ``train``, samples are scored on ``val``, the result on ``test``.
     target_flops_ratio : float
-        The budget: pruned MACs / original MACs, in (0, 1].
+        A MACs budget: pruned MACs / original MACs, in (0, 1].
     workdir : path
         Run folder (:class:`~tridim.store.RunStore`): journal, trials, predictor, model
         and report go here; re-running with the same workdir resumes every stage.
+    target_speedup : float, optional
+        Instead, a latency budget: base latency / pruned latency (> 1), measured on
+        ``runtime`` at batch ``latency_batch``. The solver uses a per-layer latency table
+        (:mod:`tridim.latency`); the final model's width is searched until its *measured*
+        latency meets the budget.
+    target_latency_ms : float, optional
+        Or an absolute latency budget per batch of ``latency_batch``, in milliseconds.
+    runtime : {"eager", "onnxruntime"}
+        Latency budgets: PyTorch eager on ``device``, or ONNX Runtime on CPU.
     predictor : LowRankPolynomialRegressor, optional
         A fitted predictor to reuse: collection is skipped, and refine trials refit on
         its training samples plus theirs.
@@ -189,7 +206,8 @@ def optimize(
     seed : int
         Seeds everything; the same seed gives the same result on CPU.
     latency_batch, latency_repeats : int
-        Latency is measured at batch 1 and ``latency_batch`` (median of repeats).
+        Latency is measured at batch 1 and ``latency_batch`` (median of repeats); a
+        latency budget is met at ``latency_batch``.
     quiet : bool
         Hide progress bars.
     device : str or torch.device
@@ -212,23 +230,43 @@ def optimize(
     Raises
     ------
     ValueError
-        Before any training, for an invalid argument, a model that does not fit the data,
-        a budget below what the model can reach, or a workdir holding another run.
+        Before any training, for an invalid argument (or not exactly one budget), a model
+        that does not fit the data, a budget below what the model can reach, or a workdir
+        holding another run.
     """
-    collection = CollectionSettings(
-        target_flops_ratio, rounds, epochs_per_step, criterion, seed, 0.0, lr
-    )
     settings = OptimizeSettings(
         final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
     )
     execution = Execution.of(device, precision, channels_last)
+    budget = _latency_budget(
+        target_flops_ratio, target_speedup, target_latency_ms, runtime, settings, execution
+    )
+    collection = CollectionSettings(
+        target_flops_ratio if budget is None else 0.5,
+        rounds,
+        epochs_per_step,
+        criterion,
+        seed,
+        0.0,
+        lr,
+    )
     check_cluster(cluster)
-    if predictor is not None:
+    if predictor is not None and budget is None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
     check_model_fits_data(model, data)
     collection = collection.for_model(model)
-    _check_reachable(model, check_input_size(data.input_shape), collection.target_flops_ratio)
+    size = check_input_size(data.input_shape)
     manifest = {"optimize": settings.manifest()}
+    if budget is None:
+        _check_reachable(model, size, collection.target_flops_ratio)
+    else:
+        prepared = _prepare_latency(model, data, budget, collection, RunStore(workdir), execution)
+        collection = dataclasses.replace(
+            collection,
+            target_flops_ratio=prepared.target_ratio,
+            ends=_ends_alone(model, size, prepared.cost, prepared.target_ratio),
+        )
+        manifest["latency_budget"] = budget.to_dict()
     if predictor is not None:
         manifest["reused_predictor"] = _predictor_fingerprint(predictor)
     context = open_run(
@@ -240,8 +278,77 @@ def optimize(
         quiet=quiet,
         execution=execution,
     )
+    cost = None
+    if budget is not None:
+        context.latency, cost = budget, prepared
     trials = RayTrials(context) if cluster == "ray" else None
-    return _Pipeline(context, collection, settings, trials).run(predictor)
+    return _Pipeline(context, collection, settings, trials, cost).run(predictor)
+
+
+def _latency_budget(
+    target_flops_ratio, target_speedup, target_latency_ms, runtime, settings, execution
+) -> LatencyBudget | None:
+    """The run's latency budget (None for a MACs budget); exactly one budget is given."""
+    given = [target_flops_ratio, target_speedup, target_latency_ms]
+    if sum(value is not None for value in given) != 1:
+        raise ValueError(
+            "give exactly one budget: target_flops_ratio (MACs), target_speedup or "
+            "target_latency_ms (latency)"
+        )
+    if target_flops_ratio is not None:
+        check_runtime(runtime)
+        return None
+    device = "cpu" if execution.device is None else str(execution.device)
+    return LatencyBudget(
+        target_speedup,
+        target_latency_ms,
+        settings.latency_batch,
+        runtime,
+        device,
+        repeats=settings.latency_repeats,
+    )
+
+
+def _prepare_latency(model, data, budget, collection, store: RunStore, execution):
+    """The latency table and cost model, measured once per run folder (then read back;
+    under torchrun rank 0 measures and the other ranks read what it wrote)."""
+    setup(execution.device)
+    cache = store.file("latency.json")
+    base = copy.deepcopy(model).eval()
+
+    def prepare() -> PreparedBudget:
+        return prepare_budget(
+            base,
+            data.input_shape,
+            budget,
+            criterion=collection.criterion,
+            data=data,
+            seed=collection.seed,
+            cache=cache,
+        )
+
+    prepared = prepare() if is_writer() else None
+    barrier()
+    return prepared if prepared is not None else prepare()
+
+
+def _ends_alone(model, size, cost, target: float) -> tuple[float, float, float]:
+    """Each dimension's value that alone meets the latency target (within what it can reach)."""
+    from .dims.depth import find_blocks, minimum_depth
+    from .dims.width import DEFAULT_MIN_KEEP
+
+    blocks = find_blocks(model, input_size=size)
+    lowest_d = minimum_depth(blocks) if any(b.removable for b in blocks) else 1.0
+    lowest_r = min(1.0, minimum_side(model, size) / min(size[1:]))
+    lowest = (lowest_d, max(DEFAULT_MIN_KEEP, cost.widths[0]), max(lowest_r, 0.05))
+    ends = cost.alone(target, lowest)
+    if float(cost(*lowest)) > target:
+        raise ValueError(
+            f"the latency budget (ratio {target:.3f} of the base model) is below what this "
+            f"model can reach by the latency table (about {float(cost(*lowest)):.3f} with "
+            "every dimension at its floor): ask for less speed-up"
+        )
+    return ends
 
 
 def check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
@@ -283,12 +390,15 @@ class _Pipeline:
         collection: CollectionSettings,
         settings: OptimizeSettings,
         cluster: RayTrials | None = None,
+        latency: PreparedBudget | None = None,
     ):
         self.context = context
         self.cluster = cluster
         self.collection = collection
         self.settings = settings
+        self.latency = latency
         self.target = collection.target_flops_ratio
+        self.cost = latency.cost if latency is not None else self._macs_model()
         self.seconds: dict[str, float] = {}
         self.reused_predictor = False
 
@@ -309,7 +419,7 @@ class _Pipeline:
             samples = _training_samples(predictor)
             self.seconds.update(collect=0.0, fit=0.0)
             self.reused_predictor = True
-        solution = self._timed("solve", solve, predictor, self.target)
+        solution = self._timed("solve", self._solve, predictor)
         started = time.perf_counter()
         refinements = []
         with Stage("refine", self.settings.refine, quiet=context.quiet) as stage:
@@ -327,6 +437,22 @@ class _Pipeline:
         self.seconds["realise"] = final.seconds.get("cut", 0.0)
         self.seconds["finetune"] = final.seconds.get("train", 0.0)
         return self._finish(final, solution, predictor, samples, refinements, base_accuracy)
+
+    def _macs_model(self) -> CostModel:
+        """The MACs of any triple from the real layer shapes (see :mod:`tridim.costs`)."""
+        context = self.context
+        return CostModel(
+            context.base,
+            context.input_size,
+            macs_cost,
+            criterion=context.criterion,
+            data=context.data,
+            seed=self.collection.seed,
+        )
+
+    def _solve(self, predictor) -> Solution:
+        """The predicted optimum under the run's cost: measured MACs or predicted latency."""
+        return solve(predictor, self.target, cost=self.cost)
 
     def _fit(self, samples: list[Sample]) -> LowRankPolynomialRegressor:
         return fit_on_samples(
@@ -361,7 +487,7 @@ class _Pipeline:
         realised = [sample.d, sample.w, sample.r]
         predicted_there = float(predictor.predict([realised])[0])
         predictor = self._fit(samples + [sample])
-        new_solution = solve(predictor, self.target)
+        new_solution = self._solve(predictor)
         record = {
             "iteration": iteration,
             "triple": Triple(*realised).to_dict(),
@@ -435,8 +561,10 @@ class _Pipeline:
         }
         predicted = float(predictor.predict([list(realised.as_tuple())])[0])
         return {
-            "target_flops_ratio": self.target,
+            "target_flops_ratio": self.target if self.latency is None else None,
+            "budget": self._budget_record(final.model),
             "macs_ratio": plan.macs / base_macs,
+            "analytic_flops_ratio": float(flops_cost(*realised.as_tuple())),
             "triple": realised.to_dict(),
             "solved_triple": solution.triple.to_dict(),
             "multiplier": solution.multiplier,
@@ -457,6 +585,38 @@ class _Pipeline:
             },
             "prediction": _prediction_note(predictor, realised, predicted),
             "warnings": _latency_warnings(latency),
+        }
+
+    def _budget_record(self, pruned: nn.Module) -> dict:
+        """The budget, and the cost predicted for and measured on the final model.
+
+        ``measured_speedup`` is timed in alternating rounds against the base model, at
+        the latency batch, on the budget's runtime (eager for a MACs budget);
+        ``predicted_speedup`` is the latency table's figure for the final architecture.
+        """
+        context, settings = self.context, self.settings
+        if self.latency is None:
+            budget = LatencyBudget(
+                target_speedup=2.0,  # unused: only the timing settings matter here
+                batch_size=settings.latency_batch,
+                device=str(model_device(context.base)),
+                repeats=settings.latency_repeats,
+            )
+            record = {"kind": "macs", "target_flops_ratio": self.target}
+            predicted = None
+        else:
+            budget, table = self.latency.budget, self.latency.table
+            record = {"kind": "latency", **self.latency.to_dict()}
+            size = context.input_size
+            predicted = table.predict_ms(context.base, size) / table.predict_ms(pruned, size)
+        timing = budget.compare(pruned, context.base, context.input_size)
+        return {
+            **record,
+            "runtime": budget.runtime,
+            "latency_batch": budget.batch_size,
+            "predicted_speedup": predicted,
+            "measured_speedup": 1.0 / timing["ratio"],
+            "measured_ms": {"before": timing["base_ms"], "after": timing["model_ms"]},
         }
 
     def _context_record(self) -> dict:

@@ -15,6 +15,7 @@ stored as "base model spec + plan + weights".
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping, Sequence
 
@@ -105,6 +106,18 @@ def _round_for_budget(model, requested: Triple, size, target_macs, gains, tolera
         return requested.d, pixels
     _, d, side = min(options)
     return d, side
+
+
+def _sides_to_try(pixels, size, budget: bool):
+    """The input size to realise at, then (with a MACs budget) the next pixels up and
+    down, for when width alone cannot land within the tolerance at the first."""
+    yield pixels
+    if not budget:
+        return
+    for offset in (1, -1, 2, -2):
+        side = tuple(min(full, max(1, p + offset)) for p, full in zip(pixels, size[1:]))
+        if side != pixels:
+            yield side
 
 
 def _cut_width(
@@ -229,22 +242,28 @@ def realise(
     if nearest != size[1:]:
         check_runs_at(model, (size[0], *nearest))
     d, pixels = _round_for_budget(model, requested, size, target_macs, gains, tolerance)
-    small_size = (size[0], *pixels)
     shallow, removed, blocks_total = _cut_depth(
         model, d, gains=gains, data=data, input_size=size, seed=seed
     )
-    channels_total = count_channels(shallow, small_size)
-    thin, removal = _cut_width(
-        shallow,
-        requested.w,
-        target_macs,
-        base_macs=base_macs,
-        small_size=small_size,
-        criterion=criterion,
-        data=_resized_data(data, criterion, pixels),
-        seed=seed,
-        tolerance=tolerance,
-    )
+    for attempt, side in enumerate(_sides_to_try(pixels, size, target_macs is not None)):
+        try:  # a small model's channels may be too coarse for the budget at one size
+            thin, removal = _cut_width(
+                copy.deepcopy(shallow),
+                requested.w,
+                target_macs,
+                base_macs=base_macs,
+                small_size=(size[0], *side),
+                criterion=criterion,
+                data=_resized_data(data, criterion, side),
+                seed=seed,
+                tolerance=tolerance,
+            )
+            pixels = side
+            break
+        except ValueError as error:
+            if "could not reach" not in str(error) or attempt == 4:
+                raise
+    channels_total = count_channels(shallow, (size[0], *pixels))
     wrapped = ResolutionWrapper(thin, pixels, size)
     plan = plan_of(
         model,

@@ -135,7 +135,7 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
     lat = report["latency_ms"]
     batch_key = [k for k in lat["before"] if k != "batch_1"][0]
     return [
-        ("target FLOPs ratio", f"{report['target_flops_ratio']:.3f}"),
+        *_budget_rows(report),
         ("measured MACs ratio", f"{report['macs_ratio']:.3f}"),
         ("triple (d, w, r)", f"({t['d']:.3f}, {t['w']:.3f}, {t['r']:.3f})"),
         ("base accuracy (test)", f"{report['base_accuracy']:.4f}"),
@@ -148,6 +148,30 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
         ("samples", str(report["n_samples"])),
         ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())),
     ]
+
+
+def _budget_rows(report: dict) -> list[tuple[str, str]]:
+    """The budget asked for, and what was predicted and measured against it."""
+    budget = report.get("budget")
+    if budget is None:  # reports of tridim 0.1.0
+        return [("target FLOPs ratio", f"{report['target_flops_ratio']:.3f}")]
+    where = f"{budget['runtime']}, batch {budget['latency_batch']}"
+    if budget["kind"] == "macs":
+        rows = [("target FLOPs ratio", f"{budget['target_flops_ratio']:.3f}")]
+    else:
+        asked = (
+            f"{budget['target_speedup']:g}x"
+            if budget.get("target_speedup") is not None
+            else f"{budget['target_latency_ms']:g} ms"
+        )
+        rows = [
+            (f"latency budget ({where})", asked),
+            ("predicted speed-up (latency table)", f"{budget['predicted_speedup']:.2f}x"),
+        ]
+    rows.append((f"measured speed-up ({where})", f"{budget['measured_speedup']:.2f}x"))
+    if "analytic_flops_ratio" in report:
+        rows.append(("analytic d·w²·r²", f"{report['analytic_flops_ratio']:.3f}"))
+    return rows
 
 
 def _predicted_label(report: dict) -> str:

@@ -263,6 +263,10 @@ def _diverged(loop: _Loop, what: str, step: int, epoch: int) -> TrainingDiverged
     )
 
 
+#: fp16: a loss scale below this means gradients overflow whatever the scale.
+MIN_LOSS_SCALE = 2.0**-16
+
+
 def _train_step(
     loop: _Loop, images: torch.Tensor, labels: torch.Tensor, step: int, epoch: int
 ) -> float:
@@ -282,6 +286,8 @@ def _train_step(
         # fp16: the scaler skips a step with overflowing gradients and lowers its scale
         loop.scaler.step(loop.optimizer)
         loop.scaler.update()
+        if loop.scaler.get_scale() < MIN_LOSS_SCALE:  # it halves at every skipped step
+            raise _diverged(loop, "fp16 gradients overflowed at every loss scale", step, epoch)
         return loss.item()
     if not _gradients_finite(loop.optimizer):
         raise _diverged(loop, "a gradient became NaN or infinite", step, epoch)

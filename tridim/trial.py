@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from .budget import LatencyBudget, realise_to_latency
 from .data import DataBundle
 from .device import Execution, model_device
 from .dims.depth import blocks_to_keep, find_blocks, minimum_depth, remove_blocks, select_blocks
@@ -80,7 +81,8 @@ class Trial:
         Collection steps: the key of the trial whose model this one shrinks further
         (None: the base model).
     triple : Triple, optional
-        Refine and final trials: the triple realised at the run's MACs budget.
+        Refine and final trials: the triple realised at the run's budget (MACs, or the
+        context's latency budget, met as measured).
     distill : bool
         Distil from the base model while finetuning.
     split : str
@@ -127,6 +129,7 @@ class TrialContext:
     seed: int = 0
     quiet: bool = False
     execution: Execution = field(default_factory=Execution)
+    latency: LatencyBudget | None = None
 
 
 @dataclass
@@ -219,8 +222,17 @@ def _cut_once(
     rank, size = world()
     if size == 1:
         return _cut(trial, context, parent)
-    model, plan = _cut(trial, context, parent) if rank == 0 else (None, None)
-    plan = broadcast_object(plan)
+    model, plan, error = None, None, None
+    if rank == 0:
+        try:
+            model, plan = _cut(trial, context, parent)
+        except Exception as failure:  # every rank raises, none waits for rank 0 forever
+            error = failure
+    plan, message = broadcast_object((plan, None if error is None else repr(error)))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"rank 0 failed to cut {trial.key}: {message}")
     if rank != 0:
         model = apply_plan(context.base, plan)
     return broadcast_module(model), plan
@@ -282,6 +294,16 @@ def _cut(
 ) -> tuple[ResolutionWrapper, Plan]:
     if trial.kind in COLLECTION_KINDS:
         return _cut_step(trial, context, parent)
+    if context.latency is not None:
+        model, plan, _ = realise_to_latency(
+            context.base,
+            trial.triple,
+            context.latency,
+            input_size=context.input_size,
+            data=context.data,
+            criterion=context.criterion,
+        )
+        return model, plan
     return realise(
         context.base,
         trial.triple,

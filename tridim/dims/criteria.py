@@ -612,7 +612,8 @@ def _channel_masks(model: nn.Module, group: ChannelGroup, channel: int) -> dict:
             continue
         module = model.get_submodule(member.name)
         width = _out_width(module)
-        mask = masks.get(member.name, torch.ones(width))
+        device = next(module.parameters(), torch.empty(0)).device
+        mask = masks.get(member.name, torch.ones(width, device=device))
         mask[positions] = 0.0
         masks[member.name] = mask
     return masks
