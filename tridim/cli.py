@@ -957,6 +957,87 @@ def _run_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_compare(benches) -> None:
+    parser = benches.add_parser(
+        "compare",
+        help="tridim against one dimension, Torch-Pruning, scratch and a grid, at equal MACs",
+        description="From one base model (trained once, cached), fill one cell per method, "
+        "target and seed, each stored in --out as it finishes (a re-run skips finished "
+        "cells); then print the table, write JSON, summary.md and two plots.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
+    parser.add_argument("--seeds", type=int, default=2, help="seeds per target (default 2)")
+    parser.add_argument("--final-epochs", type=int, default=8, help="default 8")
+    parser.add_argument("--base-epochs", type=int, default=15, help="default 15")
+    parser.add_argument("--rounds", type=int, default=4, help="tridim collection (default 4)")
+    parser.add_argument("--epochs-per-step", type=int, default=2, help="default 2")
+    parser.add_argument(
+        "--sparse-epochs", type=int, default=2, help="Torch-Pruning BN-scale sparse training"
+    )
+    parser.add_argument("--latency-batch", type=int, default=64, help="default 64")
+    parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on this many")
+    parser.add_argument(
+        "--quick", action="store_true", help="digits, tiny slices, 1 epoch each (minutes)"
+    )
+    parser.add_argument("--out", default="runs/bench-compare", help="cells and run folders")
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_compare)
+
+
+def _run_bench_compare(args: argparse.Namespace) -> int:
+    from .bench.compare import METHODS, plot, render_markdown, run_compare_bench
+
+    options = dict(
+        targets=tuple(args.targets),
+        seeds=args.seeds,
+        final_epochs=args.final_epochs,
+        base_epochs=args.base_epochs,
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        sparse_epochs=args.sparse_epochs,
+        latency_batch=args.latency_batch,
+        methods=tuple(args.methods or METHODS),
+        train_subset=args.train_subset,
+    )
+    data = args.data
+    if args.quick:
+        data = "digits"
+        options.update(
+            targets=(0.5,),
+            seeds=1,
+            final_epochs=2,
+            base_epochs=8,
+            rounds=1,
+            epochs_per_step=1,
+            sparse_epochs=1,
+            latency_batch=16,
+            latency_repeats=3,
+            subset={"train": 384, "val": 128, "test": 256},
+        )
+    result = run_compare_bench(
+        data,
+        args.model,
+        out=args.out,
+        quiet=args.quiet,
+        data_options=_data_options(args) or None,
+        **options,
+    )
+    markdown = render_markdown(result)
+    print(markdown)
+    out = Path(args.out)
+    (out / "summary.md").write_text(markdown)
+    _write_json(args.json_out or out / "result.json", result)
+    try:
+        paths = plot(result, out / "plots")
+        print("plots: " + ", ".join(str(p) for p in paths))
+    except ImportError:
+        print("plots skipped: pip install -e '.[notebooks]' for matplotlib")
+    return 0
+
+
 def _add_bench_width(benches) -> None:
     parser = benches.add_parser(
         "width",
@@ -1174,6 +1255,7 @@ _BENCHES: list[Callable] = [
     _add_bench_width,
     _add_bench_dims,
     _add_bench_latency,
+    _add_bench_compare,
     _add_bench_zoo,
     _add_bench_train,
 ]

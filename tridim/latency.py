@@ -272,9 +272,9 @@ class LatencyTable:
         measured = np.array([self.time_ms(m, input_size) for m in models])
         design = np.stack([sums, np.ones_like(sums)], axis=1)
         (scale, overhead), *_ = np.linalg.lstsq(design, measured, rcond=None)
-        if scale <= 0:  # degenerate timings: fall back to a pure ratio
-            scale, overhead = float(measured.sum() / sums.sum()), 0.0
-        self.scale, self.overhead_ms = float(scale), max(0.0, float(overhead))
+        if scale <= 0 or overhead < 0:  # no fixed cost to fit: a scale through the origin
+            scale, overhead = float(sums @ measured / (sums @ sums)), 0.0
+        self.scale, self.overhead_ms = float(scale), float(overhead)
         predicted = self.scale * sums + self.overhead_ms
         return {
             "scale": self.scale,

@@ -1,0 +1,572 @@
+"""Benchmark: tridim against one dimension, Torch-Pruning, training from scratch and the
+best of a grid, at equal MACs, from one base model.
+
+:func:`run_compare_bench` trains the base model once (cached in ``out``), then fills one
+*cell* per (method, target, seed), each stored as JSON in ``out/cells`` the moment it
+finishes; a re-run skips finished cells, so a kill loses at most one cell (``tridim``
+cells resume inside their own run folder too). Methods:
+
+- ``tridim``: :func:`tridim.optimize` with its default pipeline at the target;
+- ``tridim-latency``: :func:`tridim.optimize` with a latency budget equal to the speed-up
+  the ``tridim`` cell measured (at the latency batch, PyTorch eager on this CPU);
+- ``depth-only``, ``width-only`` (BN scale), ``resolution-only``: one dimension to the
+  same MACs (whole blocks and pixels: the nearest achievable ratio);
+- ``tp-bn-scale``: Torch-Pruning's BN-scale pruner after sparse training with its L1
+  regulariser on BN scales; ``tp-group-norm``: Torch-Pruning's global group-norm
+  (L2 magnitude) importance; both pruned to the measured MACs target within 1%;
+- ``scratch``: a uniformly thinner model of the same family at the same MACs, trained from
+  scratch for the base epochs plus every epoch the ``tridim`` cell spent;
+- ``best-grid``: triples on the iso-MACs surface (depth and resolution on a grid, width
+  taking the rest), each realised and finetuned like the others: the oracle the
+  predictor tries to find.
+
+Every pruned model gets the same final finetuning: ``final_epochs`` epochs of SGD with
+the cosine schedule at lr 0.02, distilling from the base model (as tridim's final trial
+does). What a method spent before it (collection, refinement, sparse training) is
+recorded apart, in epochs and seconds. Each finished model is timed against the base
+model in alternating rounds at batch 1 and the latency batch, in the same process.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+import tridim
+from tridim.atomic import atomic_write_json
+from tridim.bench.dims import _depth_only, _resolution_only
+from tridim.data import DataBundle, load
+from tridim.dims.depth import block_gains, find_blocks
+from tridim.measure import count_macs, count_params
+from tridim.models import CIFAR_RESNET_DEPTHS, build
+from tridim.realise import realise
+from tridim.runtimes import time_ratio
+from tridim.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
+
+__all__ = ["run_compare_bench", "METHODS", "render_markdown"]
+
+METHODS = (
+    "tridim",
+    "tridim-latency",
+    "depth-only",
+    "width-only",
+    "resolution-only",
+    "tp-bn-scale",
+    "tp-group-norm",
+    "scratch",
+    "best-grid",
+)
+FINAL_LR = 0.02
+#: Torch-Pruning's default strength of the BN-scale L1 regulariser.
+TP_REG = 1e-5
+
+
+class _Setup:
+    """What every cell shares: data, base model, settings."""
+
+    def __init__(self, data: DataBundle, base: nn.Module, base_record: dict, options: dict):
+        self.data, self.base, self.base_record, self.options = data, base, base_record, options
+        self.size = tuple(data.input_shape)
+        self.base_macs = count_macs(base, self.size)
+
+
+def run_compare_bench(
+    data_name: str = "fashion-mnist",
+    model_name: str = "resnet20",
+    *,
+    out: str | os.PathLike,
+    targets: tuple[float, ...] = (0.5, 0.3),
+    seeds: int = 2,
+    final_epochs: int = 8,
+    base_epochs: int = 15,
+    rounds: int = 4,
+    epochs_per_step: int = 2,
+    sparse_epochs: int = 2,
+    latency_batch: int = 64,
+    latency_repeats: int = 15,
+    methods: tuple[str, ...] = METHODS,
+    train_subset: int | None = None,
+    subset: dict | None = None,
+    quiet: bool = False,
+    data_options: dict | None = None,
+) -> dict:
+    """Fill every missing cell, then summarise all of them; see the module docstring."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    data = load(data_name, **(data_options or {}))
+    if subset or train_subset:
+        data = data.subset(**(subset or {"train": train_subset}))
+    out = Path(out)
+    base, base_record = _base_model(model_name, data, base_epochs, out, quiet)
+    options = dict(
+        model=model_name,
+        final_epochs=final_epochs,
+        base_epochs=base_epochs,
+        rounds=rounds,
+        epochs_per_step=epochs_per_step,
+        sparse_epochs=sparse_epochs,
+        latency_batch=latency_batch,
+        latency_repeats=latency_repeats,
+        quiet=quiet,
+        out=out,
+    )
+    setup = _Setup(data, base, base_record, options)
+    ordered = [m for m in METHODS if m in methods]  # tridim first: others read its cell
+    for target in targets:
+        for seed in range(seeds):
+            for method in ordered:
+                _cell(setup, method, target, seed)
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("*.json"))]
+    cells = [c for c in cells if c["target"] in targets and c["seed"] < seeds]
+    return {
+        "config": {
+            "data": data.name,
+            "input_size": list(data.input_shape),
+            "train_examples": len(data.train),
+            "targets": list(targets),
+            "seeds": seeds,
+            "threads": torch.get_num_threads(),
+            "final_finetune": f"{final_epochs} epochs, SGD cosine lr {FINAL_LR}, distilled "
+            "from the base model",
+            **{k: v for k, v in options.items() if k not in ("out", "quiet")},
+        },
+        "base": base_record,
+        "cells": cells,
+        "summary": summarise(cells),
+    }
+
+
+def _base_model(model_name: str, data: DataBundle, epochs: int, out: Path, quiet: bool):
+    seed_everything(0)
+    model = build(model_name, data.num_classes, data.input_shape[0])
+    cache, record_path = out / f"base-{model_name}-e{epochs}.pt", out / "base.json"
+    if cache.is_file() and record_path.is_file():
+        load_checkpoint(cache, model)
+        return model.eval(), json.loads(record_path.read_text())
+    started = time.perf_counter()
+    train(model, data, epochs, lr=0.05, seed=0, quiet=quiet, evaluate_each_epoch=False)
+    seconds = time.perf_counter() - started
+    save_checkpoint(cache, model)
+    record = {
+        "epochs": epochs,
+        "seconds": seconds,
+        "accuracy": evaluate(model.eval(), data.loader("test", 256)),
+        "params": count_params(model),
+        "macs": count_macs(model, data.input_shape),
+    }
+    atomic_write_json(record_path, record)
+    return model, record
+
+
+def _cell(setup: _Setup, method: str, target: float, seed: int) -> dict | None:
+    """Run one cell unless stored; store it as it finishes."""
+    path = setup.options["out"] / "cells" / f"{method}-t{target:g}-s{seed}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    seed_everything(seed)
+    started = time.perf_counter()
+    produced = _RUNNERS[method](setup, target, seed)
+    if produced is None:
+        return None
+    model, record = produced
+    record.update(
+        method=method,
+        target=target,
+        seed=seed,
+        seconds_total=time.perf_counter() - started,
+        **_measure(setup, model),
+    )
+    atomic_write_json(path, record)
+    return record
+
+
+def _measure(setup: _Setup, model: nn.Module) -> dict:
+    """Accuracy, MACs, params, and latency against the base in alternating rounds."""
+    model.eval()
+    measured = {
+        "accuracy": evaluate(model, setup.data.loader("test", 256)),
+        "macs_ratio": count_macs(model, setup.size) / setup.base_macs,
+        "params": count_params(model),
+    }
+    for batch in (1, setup.options["latency_batch"]):
+        timing = time_ratio(
+            model, setup.base, setup.size, batch, repeats=setup.options["latency_repeats"]
+        )
+        measured[f"latency_ms_b{batch}"] = timing["model_ms"]
+        measured[f"speedup_b{batch}"] = 1.0 / timing["ratio"]
+    return measured
+
+
+def _final_finetune(setup: _Setup, model: nn.Module, seed: int) -> dict:
+    """The finetuning every method gets: same epochs, optimiser, schedule, distillation."""
+    epochs = setup.options["final_epochs"]
+    started = time.perf_counter()
+    train(
+        model,
+        setup.data,
+        epochs,
+        lr=FINAL_LR,
+        seed=seed,
+        teacher=setup.base,
+        quiet=setup.options["quiet"],
+        evaluate_each_epoch=False,
+        label="final",
+    )
+    return {"final_epochs": epochs, "final_seconds": time.perf_counter() - started}
+
+
+# ------------------------------------------------------------------------- methods
+
+
+def _tridim(setup: _Setup, target: float, seed: int, **budget):
+    o = setup.options
+    name = "tridim-latency" if budget else "tridim"
+    result = tridim.optimize(
+        setup.base,
+        setup.data,
+        None if budget else target,
+        **budget,
+        workdir=o["out"] / "runs" / f"{name}-t{target:g}-s{seed}",
+        rounds=o["rounds"],
+        epochs_per_step=o["epochs_per_step"],
+        final_epochs=o["final_epochs"],
+        lr=FINAL_LR,
+        seed=seed,
+        quiet=o["quiet"],
+        latency_batch=o["latency_batch"],
+        latency_repeats=o["latency_repeats"],
+        device="cpu",
+    )
+    report = result.report
+    seconds = report["seconds"]
+    collection = report["n_samples"] - 1 - report["settings"]["refine"]
+    return result.model, {
+        "triple": report["triple"],
+        "before_final_epochs": (collection + report["settings"]["refine"]) * o["epochs_per_step"],
+        "before_final_seconds": seconds.get("collect", 0.0) + seconds.get("refine", 0.0),
+        "final_epochs": o["final_epochs"],
+        "final_seconds": seconds.get("finetune", 0.0),
+        "predicted_accuracy": report["predicted_accuracy"],
+        "budget": report["budget"],
+        "predictor": str(o["out"] / "runs" / f"{name}-t{target:g}-s{seed}" / "predictor.json"),
+    }
+
+
+def _tridim_latency(setup: _Setup, target: float, seed: int):
+    reference = _stored(setup, "tridim", target, seed)
+    if reference is None:
+        return None
+    speedup = reference[f"speedup_b{setup.options['latency_batch']}"]
+    if speedup <= 1.0:
+        return None  # the MACs run was not faster: no latency budget to match
+    return _tridim(setup, target, seed, target_speedup=round(speedup, 3))
+
+
+def _one_dimension(kind: str):
+    def run(setup: _Setup, target: float, seed: int):
+        base, data = setup.base, setup.data
+        if kind == "depth":
+            if not any(b.removable for b in find_blocks(base, input_size=setup.size)):
+                return None
+            model, plan = _depth_only(base, data, target, block_gains(base, data, seed=seed))
+        elif kind == "width":
+            model, plan = realise(
+                base, (1, 1, 1), input_size=setup.size, target_flops_ratio=target, seed=seed
+            )
+        else:
+            model, plan = _resolution_only(base, data, target)
+        record = {"triple": plan.realised.to_dict(), "before_final_epochs": 0}
+        record["before_final_seconds"] = 0.0
+        return model, {**record, **_final_finetune(setup, model, seed)}
+
+    return run
+
+
+def _torch_pruning(kind: str):
+    def run(setup: _Setup, target: float, seed: int):
+        model = copy.deepcopy(setup.base)
+        started, sparse = time.perf_counter(), 0
+        if kind == "bn-scale":
+            sparse = setup.options["sparse_epochs"]
+            train(
+                model,
+                setup.data,
+                sparse,
+                lr=FINAL_LR,
+                seed=seed,
+                extra_loss=_bn_l1,
+                quiet=setup.options["quiet"],
+                evaluate_each_epoch=False,
+                label="sparse training",
+            )
+        pruned, ratio = _tp_prune_to_macs(model, setup, target, kind)
+        record = {
+            "pruning_ratio": ratio,
+            "before_final_epochs": sparse,
+            "before_final_seconds": time.perf_counter() - started,
+            "regulariser": f"L1 on BN scales, {TP_REG:g} (TP's BNScalePruner.regularize)"
+            if sparse
+            else None,
+        }
+        return pruned, {**record, **_final_finetune(setup, pruned, seed)}
+
+    return run
+
+
+def _bn_l1(model: nn.Module) -> torch.Tensor:
+    """TP's BN-scale regulariser (adds reg * sign(gamma) to the gradient) as a loss."""
+    terms = [
+        m.weight.abs().sum()
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None
+    ]
+    return TP_REG * torch.stack(terms).sum()
+
+
+def _tp_prune_to_macs(model: nn.Module, setup: _Setup, target: float, kind: str):
+    """Bisect Torch-Pruning's global pruning ratio until measured MACs are within 1%."""
+    import torch_pruning as tp
+
+    example = torch.zeros(1, *setup.size)
+
+    def pruned_at(ratio: float) -> nn.Module:
+        candidate = copy.deepcopy(model).eval()
+        head = [m for m in candidate.modules() if isinstance(m, nn.Linear)][-1:]
+        if kind == "bn-scale":
+            importance = tp.importance.BNScaleImportance()
+            pruner_class = tp.pruner.BNScalePruner
+        else:
+            importance = tp.importance.GroupMagnitudeImportance(p=2)
+            pruner_class = tp.pruner.MetaPruner
+        pruner = pruner_class(
+            candidate,
+            example,
+            importance=importance,
+            global_pruning=True,
+            pruning_ratio=ratio,
+            ignored_layers=head,
+        )
+        pruner.step()
+        return candidate
+
+    low, high, best = 0.0, 0.95, None
+    for _ in range(20):
+        ratio = (low + high) / 2
+        candidate = pruned_at(ratio)
+        macs = count_macs(candidate, setup.size) / setup.base_macs
+        if best is None or abs(macs - target) < abs(best[2] - target):
+            best = (candidate, ratio, macs)
+        if abs(macs - target) <= 0.01 * target:
+            break
+        low, high = (ratio, high) if macs > target else (low, ratio)
+    return best[0], best[1]
+
+
+def _scratch(setup: _Setup, target: float, seed: int):
+    name = setup.options["model"]
+    if name.lower() not in CIFAR_RESNET_DEPTHS:
+        return None  # needs a family with a width option
+    reference = _stored(setup, "tridim", target, seed)
+    spent = 0 if reference is None else reference["before_final_epochs"]
+    epochs = setup.options["base_epochs"] + spent + setup.options["final_epochs"]
+    size, classes = setup.size, setup.data.num_classes
+    widths = [step / 100 for step in range(20, 101)]
+    ratios = [count_macs(build(name, classes, size[0], width=w), size) for w in widths]
+    width = min(zip(widths, ratios), key=lambda p: abs(p[1] / setup.base_macs - target))[0]
+    seed_everything(seed)
+    model = build(name, classes, size[0], width=width)
+    started = time.perf_counter()
+    train(model, setup.data, epochs, seed=seed, quiet=setup.options["quiet"], label="scratch")
+    return model, {
+        "width_multiplier": width,
+        "before_final_epochs": epochs,
+        "before_final_seconds": time.perf_counter() - started,
+        "final_epochs": 0,
+        "final_seconds": 0.0,
+        "note": "trained from scratch for base epochs + everything tridim spent",
+    }
+
+
+def _best_grid(setup: _Setup, target: float, seed: int):
+    """Realise and finetune every feasible grid triple; the cell is the best of them."""
+    base, size = setup.base, setup.size
+    gains = block_gains(base, setup.data, seed=seed)
+    points, best = [], None
+    for d in (1.0, target ** (1 / 4), target ** (1 / 2), target ** (3 / 4)):
+        for r in (1.0, target ** (1 / 8), target ** (1 / 4)):
+            try:
+                model, plan = realise(
+                    base,
+                    (d, 1.0, r),
+                    input_size=size,
+                    target_flops_ratio=target,
+                    gains=gains,
+                    seed=seed,
+                )
+            except ValueError:
+                continue  # depth and resolution alone undercut the budget
+            finetune = _final_finetune(setup, model, seed)
+            accuracy = evaluate(model.eval(), setup.data.loader("test", 256))
+            points.append({"triple": plan.realised.to_dict(), "accuracy": accuracy, **finetune})
+            if best is None or accuracy > best[1]:
+                best = (model, accuracy, plan)
+    if best is None:
+        return None
+    epochs = sum(p["final_epochs"] for p in points)
+    return best[0], {
+        "triple": best[2].realised.to_dict(),
+        "grid": points,
+        "before_final_epochs": epochs - setup.options["final_epochs"],
+        "before_final_seconds": sum(p["final_seconds"] for p in points),
+        "final_epochs": setup.options["final_epochs"],
+        "final_seconds": 0.0,
+    }
+
+
+def _stored(setup: _Setup, method: str, target: float, seed: int) -> dict | None:
+    path = setup.options["out"] / "cells" / f"{method}-t{target:g}-s{seed}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+_RUNNERS = {
+    "tridim": _tridim,
+    "tridim-latency": _tridim_latency,
+    "depth-only": _one_dimension("depth"),
+    "width-only": _one_dimension("width"),
+    "resolution-only": _one_dimension("resolution"),
+    "tp-bn-scale": _torch_pruning("bn-scale"),
+    "tp-group-norm": _torch_pruning("group-norm"),
+    "scratch": _scratch,
+    "best-grid": _best_grid,
+}
+
+
+# ------------------------------------------------------------------------- summary
+
+
+def summarise(cells: list[dict]) -> list[dict]:
+    """One row per (method, target): means and spreads over seeds, regret against the grid."""
+    rows = []
+    keys = sorted(
+        {(c["target"], c["method"]) for c in cells}, key=lambda k: (-k[0], METHODS.index(k[1]))
+    )
+    for target, method in keys:
+        group = [c for c in cells if c["target"] == target and c["method"] == method]
+        accuracies = [c["accuracy"] for c in group]
+        row = {
+            "target": target,
+            "method": method,
+            "seeds": len(group),
+            "accuracy": statistics.mean(accuracies),
+            "spread": (max(accuracies) - min(accuracies)) if len(group) > 1 else 0.0,
+        }
+        for key in ("macs_ratio", "params", "speedup_b1", "before_final_epochs"):
+            row[key] = statistics.mean(c[key] for c in group)
+        batch_keys = [k for k in group[0] if k.startswith("speedup_b") and k != "speedup_b1"]
+        row["speedup_batch"] = statistics.mean(c[batch_keys[0]] for c in group)
+        row["before_final_seconds"] = statistics.mean(c["before_final_seconds"] for c in group)
+        rows.append(row)
+    _add_regret(rows, cells)
+    return rows
+
+
+def _add_regret(rows: list[dict], cells: list[dict]) -> None:
+    """tridim's regret against the grid's best, and where its predictor ranked that best."""
+    for row in rows:
+        if row["method"] != "tridim":
+            continue
+        regrets, ranks = [], []
+        for cell in cells:
+            if cell["method"] != "tridim" or cell["target"] != row["target"]:
+                continue
+            grid = next(
+                (
+                    c
+                    for c in cells
+                    if c["method"] == "best-grid"
+                    and c["target"] == cell["target"]
+                    and c["seed"] == cell["seed"]
+                ),
+                None,
+            )
+            if grid is None:
+                continue
+            regrets.append(grid["accuracy"] - cell["accuracy"])
+            ranks.append(_predicted_rank(cell["predictor"], grid["grid"]))
+        row["regret_vs_grid"] = statistics.mean(regrets) if regrets else None
+        row["predictor_rank_of_grid_best"] = ranks or None
+
+
+def _predicted_rank(predictor_path: str, grid: list[dict]) -> int | None:
+    """1 + how many grid triples the predictor scores above the grid's measured best."""
+    from tridim.predictor import LowRankPolynomialRegressor
+
+    if not Path(predictor_path).is_file() or not grid:
+        return None
+    predictor = LowRankPolynomialRegressor.load(predictor_path)
+    triples = [[p["triple"]["d"], p["triple"]["w"], p["triple"]["r"]] for p in grid]
+    predicted = predictor.predict(triples)
+    best = max(range(len(grid)), key=lambda i: grid[i]["accuracy"])
+    return 1 + sum(1 for value in predicted if value > predicted[best])
+
+
+def render_markdown(result: dict) -> str:
+    """The summary as a Markdown table."""
+    batch = result["config"]["latency_batch"]
+    lines = [
+        f"| target | method | seeds | accuracy (mean) | spread | MACs ratio | params "
+        f"| speed-up b1 | speed-up b{batch} | epochs before final | seconds before final |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in result["summary"]:
+        lines.append(
+            f"| {row['target']:g} | {row['method']} | {row['seeds']} | {row['accuracy']:.4f} "
+            f"| {row['spread']:.4f} | {row['macs_ratio']:.3f} | {row['params']:,.0f} "
+            f"| {row['speedup_b1']:.2f}x | {row['speedup_batch']:.2f}x "
+            f"| {row['before_final_epochs']:g} | {row['before_final_seconds']:.0f} |"
+        )
+    regrets = [r for r in result["summary"] if r.get("regret_vs_grid") is not None]
+    for row in regrets:
+        lines.append("")
+        lines.append(
+            f"target {row['target']:g}: tridim's regret against the best grid triple "
+            f"{row['regret_vs_grid']:+.4f}; its predictor ranked that triple "
+            f"{row['predictor_rank_of_grid_best']} (1 = first)"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, folder: str | os.PathLike) -> list[Path]:
+    """Accuracy against MACs ratio and against measured speed-up (PNG; needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = result["config"]["latency_batch"]
+    paths = []
+    for key, label in (("macs_ratio", "MACs ratio"), ("speedup_batch", f"speed-up, batch {batch}")):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for method in METHODS:
+            rows = [r for r in result["summary"] if r["method"] == method]
+            if rows:
+                axes.scatter([r[key] for r in rows], [r["accuracy"] for r in rows], label=method)
+        axes.set_xlabel(label)
+        axes.set_ylabel("test accuracy")
+        axes.legend(fontsize=7)
+        path = folder / f"accuracy-vs-{key.replace('_', '-')}.png"
+        figure.tight_layout()
+        figure.savefig(path, dpi=120)
+        plt.close(figure)
+        paths.append(path)
+    return paths
