@@ -168,3 +168,17 @@ def test_optimize_to_a_latency_budget_reports_predicted_and_measured(tiny, base_
     assert len(ends) == 3 and all(0 < x < 1 for x in ends[1:])
     assert "latency budget" in (tmp_path / "report.md").read_text()
     assert result.model(torch.zeros(1, *tiny.input_shape)).shape == (1, 10)
+
+
+def test_cli_refuses_bad_latency_budgets_before_training(tmp_path, capsys):
+    from tridim.cli import main
+
+    for arguments, message in (
+        (["--target-speedup", "0.8"], "target_speedup must be a number above 1"),
+        (["--target-speedup", "2", "--latency-batch", "0"], "latency_batch must be a positive"),
+        (["--target", "0.5", "--target-speedup", "2"], "give one budget"),
+    ):
+        status = main(["optimize", "--workdir", str(tmp_path / "w"), *arguments])
+        error = capsys.readouterr().err
+        assert status == 2 and message in error and "Traceback" not in error
+    assert not (tmp_path / "w").exists()

@@ -354,6 +354,9 @@ def _budget_args(args: argparse.Namespace) -> dict:
     if not given:
         args.target = 0.5 if args.target is None else args.target
         return {}
+    from .budget import LatencyBudget
+
+    LatencyBudget(**latency, batch_size=args.latency_batch, runtime=args.runtime)  # checks
     return {**latency, "runtime": args.runtime}
 
 
