@@ -25,7 +25,7 @@ from .costs import CostModel, latency_cost
 from .dims.resolution import ResolutionWrapper
 from .latency import LatencyTable
 from .plan import Plan
-from .runtimes import check_runtime, time_forward, time_ratio
+from .runtimes import check_runtime, time_ratio
 from .space import Triple, as_triple, check_input_size
 
 __all__ = [
@@ -107,16 +107,7 @@ class LatencyBudget:
 
     def time_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
         """The median measured latency of ``model`` on this budget's runtime and batch."""
-        timing = time_forward(
-            model,
-            input_size,
-            self.batch_size,
-            runtime=self.runtime,
-            device=self.device,
-            threads=self.threads,
-            repeats=self.repeats,
-        )
-        return float(timing["median_ms"])
+        return self.table().time_ms(model, input_size)
 
     def compare(self, model: nn.Module, base: nn.Module, input_size: Sequence[int]) -> dict:
         """``model``'s latency as a ratio of ``base``'s, timed in alternating rounds

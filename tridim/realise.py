@@ -25,6 +25,7 @@ from torch.utils.data import TensorDataset
 
 from .dims.depth import block_gains, blocks_to_keep, find_blocks, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, check_runs_at, reduced_size
+from .dims.width import WidthUnreachable
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .plan import Plan
@@ -260,8 +261,8 @@ def realise(
             )
             pixels = side
             break
-        except ValueError as error:
-            if "could not reach" not in str(error) or attempt == 4:
+        except WidthUnreachable:
+            if attempt == 4:
                 raise
     channels_total = count_channels(shallow, (size[0], *pixels))
     wrapped = ResolutionWrapper(thin, pixels, size)

@@ -576,9 +576,13 @@ def choose_for_macs(
     return _search(ratio_of, candidates, target, tolerance, trials)
 
 
+class WidthUnreachable(ValueError):
+    """Width alone cannot land within the tolerance of a MACs target (channels too coarse)."""
+
+
 def _check_reached(ratio: float, target_ratio: float, tolerance: float, min_keep: float) -> None:
     if abs(ratio - target_ratio) > tolerance * target_ratio:
-        raise ValueError(
+        raise WidthUnreachable(
             f"could not reach MACs ratio {target_ratio:g} within {tolerance:.0%} by width "
             f"(got {ratio:.4f}); with min_keep={min_keep:g} the smallest reachable ratio "
             "is limited by the channels every layer keeps"
