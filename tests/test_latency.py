@@ -4,6 +4,7 @@ latency``); these tests check structure, monotonicity and contracts."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -69,8 +70,12 @@ def test_latency_table_is_monotone_and_reloads(base, tmp_path):
     table = LatencyTable("cpu", 2, threads=1, repeats=3)
     fit = table.calibrate([base, with_resolution(base, 0.5, SIZE)], SIZE)
     assert set(fit) == {"scale", "overhead_ms", "relative_errors"} and table.scale > 0
-    quarter = with_resolution(base, 0.25, SIZE)
-    assert table.predict_ms(quarter, SIZE) < table.predict_ms(base, SIZE)
+    # fewer blocks: the same layer keys minus some, so strictly less whatever the timings
+    # (a lower resolution is not checked: at 16x16 and batch 2 the per-call overhead
+    # dominates, and its resize layer can make it cost more)
+    shallow = copy.deepcopy(base)
+    shallow.layer1 = shallow.layer1[:1]
+    assert table.predict_ms(shallow, SIZE) < table.predict_ms(base, SIZE)
     path = table.save(table.cache_path(tmp_path))
     assert path.name == "latency-eager-cpu-t1-b2.json"
     again = LatencyTable.load(path)
