@@ -47,3 +47,14 @@ def test_rerun_skips_finished_cells(quick_run, monkeypatch):
     before = sorted(p.name for p in (quick_run / "cells").iterdir())
     assert main(["bench", "compare", "--quick", "--quiet", "--out", str(quick_run)]) == 0
     assert sorted(p.name for p in (quick_run / "cells").iterdir()) == before
+
+
+def test_rerun_with_other_settings_is_refused(quick_run, capsys):
+    settings = quick_run / "settings.json"
+    stored = settings.read_text()
+    settings.write_text(json.dumps({**json.loads(stored), "final_epochs": 5}))
+    try:
+        assert main(["bench", "compare", "--quick", "--quiet", "--out", str(quick_run)]) != 0
+    finally:
+        settings.write_text(stored)
+    assert "other settings (final_epochs 5 -> 2)" in capsys.readouterr().err

@@ -105,7 +105,6 @@ def run_compare_bench(
     if subset or train_subset:
         data = data.subset(**(subset or {"train": train_subset}))
     out = Path(out)
-    base, base_record = _base_model(model_name, data, base_epochs, out, quiet)
     options = dict(
         model=model_name,
         final_epochs=final_epochs,
@@ -115,9 +114,10 @@ def run_compare_bench(
         sparse_epochs=sparse_epochs,
         latency_batch=latency_batch,
         latency_repeats=latency_repeats,
-        quiet=quiet,
-        out=out,
     )
+    _check_settings(out, {"data": data.name, "train_examples": len(data.train), **options})
+    base, base_record = _base_model(model_name, data, base_epochs, out, quiet)
+    options.update(quiet=quiet, out=out)
     setup = _Setup(data, base, base_record, options)
     ordered = [m for m in METHODS if m in methods]  # tridim first: others read its cell
     for target in targets:
@@ -142,6 +142,23 @@ def run_compare_bench(
         "cells": cells,
         "summary": summarise(cells),
     }
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Cells are reused by name, so a folder holds the cells of one set of settings only."""
+    path = out / "settings.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            listed = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+            raise ValueError(
+                f"{out} holds cells run with other settings ({listed}); give a new --out, "
+                "or the options those cells were run with"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, settings)
 
 
 def _base_model(model_name: str, data: DataBundle, epochs: int, out: Path, quiet: bool):
