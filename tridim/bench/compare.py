@@ -157,8 +157,7 @@ def _check_settings(out: Path, settings: dict) -> None:
                 "or the options those cells were run with"
             )
         return
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, settings)
+    atomic_write_json(path, settings)  # creates the folder
 
 
 def _base_model(model_name: str, data: DataBundle, epochs: int, out: Path, quiet: bool):
