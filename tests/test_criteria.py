@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -18,8 +19,10 @@ from tridim.dims.criteria import (
 )
 from tridim.dims.groups import channel_groups
 from tridim.dims.slimming import prune_iteratively
+from tridim.dims.width import prune_width
 from tridim.measure import count_macs, count_params
 from tridim.models import build
+from tridim.realise import realise
 
 
 def _batches(n=2, size=16, channels=1, classes=10, seed=0):
@@ -191,3 +194,151 @@ def test_prune_iteratively_reaches_target():
     assert count_params(pruned) < count_params(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not pruned.training
+
+
+# ----------------------------------------------------------------------------------------
+# group_norm: the L2 norm of every parameter touching a channel, per group
+
+
+def _conv_bn_net(middle: nn.Module, batchnorm: bool = True) -> nn.Sequential:
+    """conv(1->8) [-> bn] -> relu -> middle(8->8) [-> bn] -> relu -> pool -> linear(8->3)."""
+    torch.manual_seed(0)
+
+    def norm():
+        return nn.BatchNorm2d(8) if batchnorm else nn.Identity()
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        norm(),
+        nn.ReLU(),
+        middle,
+        norm(),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
+    )
+    return _randomise(model)
+
+
+def _squares(*tensors: torch.Tensor) -> torch.Tensor:
+    """Per channel (first axis), the sum of squares over the remaining axes of each tensor."""
+    return sum(t.detach().double().pow(2).reshape(t.shape[0], -1).sum(1) for t in tensors)
+
+
+def _bn_squares(model: nn.Sequential, i: int) -> torch.Tensor:
+    layer = model[i]
+    if isinstance(layer, nn.Identity):
+        return torch.zeros(8, dtype=torch.float64)
+    return _squares(layer.weight, layer.bias)
+
+
+def _by_mean(squares: torch.Tensor) -> np.ndarray:
+    values = squares.sqrt().numpy()
+    return values / values.mean()
+
+
+def _scores_by_root(model: nn.Module) -> dict[str, np.ndarray]:
+    groups = channel_groups(model, torch.randn(1, 1, 8, 8))
+    return {g.root: s for g, s in zip(groups, score_groups(model, groups, "group_norm"))}
+
+
+@pytest.mark.parametrize("batchnorm", [True, False])
+def test_group_norm_is_the_l2_norm_over_producers_consumers_and_batchnorms(batchnorm):
+    model = _conv_bn_net(nn.Conv2d(8, 8, 3, padding=1), batchnorm)
+    first, middle, fc = model[0], model[3], model[8]
+    # channel c of the first group: conv 0's filter c and bias c, BN 1's scale and shift,
+    # conv 3's input slice weight[:, c] over all its filters and kernel positions
+    producer = _squares(first.weight, first.bias)
+    consumer = _squares(middle.weight.transpose(0, 1))
+    expected = producer + _bn_squares(model, 1) + consumer
+    # the second group: conv 3's filters and biases, BN 4, the classifier's columns
+    second = _squares(middle.weight, middle.bias) + _bn_squares(model, 4) + _squares(fc.weight.T)
+    scores = _scores_by_root(model)
+    assert set(scores) == {"0", "3"}
+    assert np.allclose(scores["0"], _by_mean(expected))
+    assert np.allclose(scores["3"], _by_mean(second))
+    # every part matters: leaving one out gives other scores
+    partial = [producer + _bn_squares(model, 1), expected - _squares(first.bias)]
+    if batchnorm:
+        partial.append(expected - _squares(model[1].bias))
+    for wrong in partial:
+        assert not np.allclose(scores["0"], _by_mean(wrong))
+
+
+def test_group_norm_reads_a_grouped_consumer_within_its_group():
+    # conv 3 has 2 groups: weight [8, 4, 3, 3]; input channel c meets only the 4 filters
+    # of its group c // 4, at column c % 4
+    model = _conv_bn_net(nn.Conv2d(8, 8, 3, padding=1, groups=2))
+    first, grouped = model[0], model[3]
+    groups = channel_groups(model, torch.randn(1, 1, 8, 8))
+    assert {g.root: g.blocks for g in groups} == {"0": 2, "3": 2}
+    rows = [grouped.weight[(c // 4) * 4 : (c // 4 + 1) * 4, c % 4] for c in range(8)]
+    consumer = torch.stack([r.detach().double().pow(2).sum() for r in rows])
+    expected = _squares(first.weight, first.bias) + _bn_squares(model, 1) + consumer
+    scores = _scores_by_root(model)
+    assert np.allclose(scores["0"], _by_mean(expected))
+    # the output side of the grouped conv is its plain filters
+    second = _squares(grouped.weight, grouped.bias) + _bn_squares(model, 4)
+    second = second + _squares(model[8].weight.T)
+    assert np.allclose(scores["3"], _by_mean(second))
+    # pruning by it keeps the groups equal and the model running
+    pruned = prune_width(model, 0.5, example_input=torch.randn(1, 1, 8, 8), criterion="group_norm")
+    assert pruned[3].groups == 2 and pruned[3].in_channels == pruned[0].out_channels < 8
+    assert pruned(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_group_norm_counts_a_depthwise_filter_once():
+    depthwise = nn.Sequential(
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 1),
+    )
+    model = _conv_bn_net(depthwise)
+    first, dw, pw = model[0], depthwise[0], depthwise[3]
+    expected = (
+        _squares(first.weight, first.bias)
+        + _bn_squares(model, 1)
+        + _squares(dw.weight, dw.bias)
+        + _squares(depthwise[1].weight, depthwise[1].bias)
+        + _squares(pw.weight.transpose(0, 1))
+    )
+    assert np.allclose(_scores_by_root(model)["0"], _by_mean(expected))
+
+
+def test_group_norm_scores_have_mean_one_per_group(resnet):
+    model, groups = resnet
+    scores = score_groups(model, groups, "group_norm")
+    for values in scores:
+        assert values.mean() == pytest.approx(1.0)
+        assert np.ptp(values) > 0
+    # groups of very different magnitudes are put on the same scale
+    scaled = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in scaled.layer3.parameters():
+            parameter.mul_(10.0)
+    again = score_groups(scaled, groups, "group_norm")
+    assert all(v.mean() == pytest.approx(1.0) for v in again)
+
+
+def test_realise_with_group_norm_reaches_a_macs_target():
+    size = (1, 16, 16)
+    model = _randomise(build("resnet20", 10, 1))
+    base = count_macs(model, size)
+    pruned, plan = realise(
+        model, (1.0, 1.0, 1.0), input_size=size, target_flops_ratio=0.5, criterion="group_norm"
+    )
+    assert count_macs(pruned, size) / base == pytest.approx(0.5, rel=0.01)
+    assert plan.criterion == "group_norm" and plan.width_removal
+    with torch.no_grad():
+        assert pruned(torch.randn(2, *size)).shape == (2, 10)
+
+
+def test_group_norm_works_without_batchnorm():
+    model = _conv_bn_net(nn.Conv2d(8, 8, 3, padding=1), batchnorm=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    scores = _scores_by_root(model)
+    assert all(np.all(np.isfinite(v)) and v.mean() == pytest.approx(1.0) for v in scores.values())
+    pruned = prune_width(model, 0.5, example_input=torch.randn(1, 1, 8, 8), criterion="group_norm")
+    assert pruned[0].out_channels < 8 and pruned(torch.randn(2, 1, 8, 8)).shape == (2, 3)

@@ -40,19 +40,22 @@ def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_mod
     samples = collect(
         base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
     )
-    assert len(samples) == 1 + 3 * 2
+    assert len(samples) == 1 + 3 * 2 + 4  # base, two axis points per dimension, 4 mixed
     keys = [s.extra["key"] for s in samples]
     assert len(set(keys)) == len(keys)
     by_dim = {
         d: [s for s in samples if s.extra["dimension"] == d]
-        for d in ("depth", "width", "resolution")
+        for d in ("depth", "width", "resolution", "design")
     }
     assert all(s.w == 1 and s.r == 1 for s in by_dim["depth"])
     assert all(s.d == 1 and s.r == 1 for s in by_dim["width"])
     assert all(s.d == 1 and s.w == 1 for s in by_dim["resolution"])
-    for dim_samples in by_dim.values():
-        ratios = [s.extra["macs_ratio"] for s in dim_samples]
+    for dim in ("depth", "width", "resolution"):
+        ratios = [s.extra["macs_ratio"] for s in by_dim[dim]]
         assert ratios == sorted(ratios, reverse=True) and ratios[-1] < 1
+    for s in by_dim["design"]:  # mixed points shrink several dimensions, near the budget
+        assert sum(x < 1 for x in (s.d, s.w, s.r)) >= 2, s
+        assert 0.3 < s.extra["macs_ratio"] < 0.75, s
     started = time.perf_counter()
     again = collect(
         base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
@@ -79,7 +82,7 @@ def test_collect_ignores_a_torn_last_line(tiny, base_model, tmp_path):
         samples = collect(
             base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True
         )
-    assert len(samples) == 4
+    assert len(samples) == 1 + 3 + 4
 
 
 def test_collect_with_an_executor_gives_the_same_samples(tiny, base_model, tmp_path):
@@ -109,7 +112,8 @@ _CHILD = textwrap.dedent("""
     bundle = data.load("digits").subset(train=256, val=128, test=128)
     model = models.build("resnet20", 10, 1)
     load_checkpoint(sys.argv[2], model)
-    collect(model, bundle, 0.5, workdir=sys.argv[1], rounds=2, epochs_per_step=1, quiet=True)
+    collect(model, bundle, 0.5, workdir=sys.argv[1], rounds=2, design=1, epochs_per_step=1,
+            quiet=True)
 """)
 
 
@@ -137,13 +141,13 @@ def test_killed_collection_resumes_without_loss_or_duplicates(tiny, base_model, 
     child.send_signal(signal.SIGKILL)
     child.wait()
     partial = len(read_samples(journal))
-    assert 1 <= partial < 7
+    assert 1 <= partial < 8
     subprocess.run(
         [sys.executable, "-c", _CHILD, str(killed), str(weights)], check=True, env=env, timeout=600
     )
     resumed = read_samples(journal)
     keys = [s.extra["key"] for s in resumed]
-    assert len(keys) == len(set(keys)) == 7
+    assert len(keys) == len(set(keys)) == 8
     expected = _values(read_samples(reference / JOURNAL_NAME))
     got = _values(resumed)
     assert got.keys() == expected.keys()
@@ -283,7 +287,9 @@ def test_model_without_removable_blocks_keeps_depth_and_saves(tiny, tmp_path):
     )
     assert result.triple.d == 1.0
     assert "depth stays at 1" in result.report["depth_fixed"]
-    assert {s.extra["dimension"] for s in result.samples} == {"base", "width", "resolution"}
+    dimensions = {s.extra["dimension"] for s in result.samples}
+    assert dimensions == {"base", "width", "resolution", "design"}
+    assert all(s.d == 1 for s in result.samples)
     assert abs(result.macs_ratio - 0.5) <= 0.005
     with pytest.raises(ValueError, match="base_model"):
         tridim.load(tmp_path / "run" / "model")

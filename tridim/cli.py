@@ -229,6 +229,37 @@ def _criteria() -> tuple[str, ...]:
     return ("auto", *CRITERIA)
 
 
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """How the collection's samples are placed, made and finetuned."""
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="axis samples per dimension (default: 2)"
+    )
+    parser.add_argument(
+        "--design",
+        type=int,
+        default=4,
+        help="mixed samples on the budget's iso-cost surface (default: 4; one-shot only)",
+    )
+    parser.add_argument(
+        "--collection",
+        choices=["one-shot", "chain"],
+        default="one-shot",
+        help="how samples are made: cut from the base like the final model (default), or "
+        "the paper's chains of iterative prunes",
+    )
+    parser.add_argument(
+        "--epochs-per-step",
+        type=int,
+        default=2,
+        help="finetuning epochs of each sample and refine trial (default: 2)",
+    )
+    parser.add_argument(
+        "--no-distill",
+        action="store_true",
+        help="finetune every trial without distilling from the original model",
+    )
+
+
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     _add_model_data_args(parser)
     parser.add_argument(
@@ -248,15 +279,7 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="FLOPs budget: pruned MACs / original MACs, in (0, 1] (default: 0.5)",
     )
-    parser.add_argument(
-        "--rounds", type=int, default=4, help="pruning steps per dimension (default: 4)"
-    )
-    parser.add_argument(
-        "--epochs-per-step",
-        type=int,
-        default=2,
-        help="finetuning epochs after each collection step (default: 2)",
-    )
+    _add_recipe_args(parser)
     parser.add_argument(
         "--criterion",
         default="auto",
@@ -300,12 +323,11 @@ def _add_optimize(sub) -> None:
         help="finetuning epochs of the final model (default: 8)",
     )
     parser.add_argument(
-        "--refine", type=int, default=1, help="verify-and-refit iterations (default: 1)"
-    )
-    parser.add_argument(
-        "--no-distill",
-        action="store_true",
-        help="finetune without distilling from the original model",
+        "--refine",
+        type=int,
+        default=3,
+        help="at most this many verify-and-refit iterations; they stop once the optimum "
+        "stays put (default: 3)",
     )
     parser.add_argument(
         "--predictor",
@@ -381,7 +403,14 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
 
     target = 0.5 if args.target is None else args.target  # a latency run measures its own
     settings = CollectionSettings(
-        target, args.rounds, args.epochs_per_step, args.criterion, args.seed
+        target,
+        args.rounds,
+        args.epochs_per_step,
+        args.criterion,
+        args.seed,
+        collection=args.collection,
+        design=args.design,
+        distill=not args.no_distill,
     )
     if bundle is None or settings.criterion != "auto":
         return settings
@@ -522,6 +551,8 @@ def _run_optimize(args: argparse.Namespace) -> int:
         workdir=store.path,
         predictor=predictor,
         rounds=args.rounds,
+        design=args.design,
+        collection=args.collection,
         epochs_per_step=args.epochs_per_step,
         final_epochs=args.final_epochs,
         refine=args.refine,
@@ -575,6 +606,9 @@ def _run_collect(args: argparse.Namespace) -> int:
         args.target,
         workdir=workdir,
         rounds=args.rounds,
+        design=args.design,
+        collection=args.collection,
+        distill=not args.no_distill,
         epochs_per_step=args.epochs_per_step,
         criterion=args.criterion,
         seed=args.seed,
@@ -972,8 +1006,33 @@ def _add_bench_compare(benches) -> None:
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
     parser.add_argument("--seeds", type=int, default=2, help="seeds per target (default 2)")
     parser.add_argument("--final-epochs", type=int, default=8, help="default 8")
-    parser.add_argument("--base-epochs", type=int, default=15, help="default 15")
-    parser.add_argument("--rounds", type=int, default=4, help="tridim collection (default 4)")
+    parser.add_argument(
+        "--base-epochs",
+        type=_epochs_or_plateau,
+        default="plateau",
+        help="base training: 'plateau' (default: SGD at lr 0.05, divided by 10 when val "
+        "accuracy plateaus, stopped at the plateau after two divisions) or a number of "
+        "epochs under a cosine schedule",
+    )
+    parser.add_argument(
+        "--base-patience",
+        type=int,
+        default=3,
+        help="plateau: epochs without a val accuracy gain above 0.001 before the lr is "
+        "divided (default 3)",
+    )
+    parser.add_argument(
+        "--max-base-epochs", type=int, default=60, help="plateau: at most this many (default 60)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="tridim axis samples (default 2)")
+    parser.add_argument("--design", type=int, default=4, help="tridim mixed samples (default 4)")
+    parser.add_argument("--refine", type=int, default=3, help="tridim refine, at most (default 3)")
+    parser.add_argument(
+        "--criterion",
+        default="auto",
+        choices=_criteria(),
+        help="width criterion of tridim, width-only and the grid (default auto)",
+    )
     parser.add_argument("--epochs-per-step", type=int, default=2, help="default 2")
     parser.add_argument(
         "--sparse-epochs", type=int, default=2, help="Torch-Pruning BN-scale sparse training"
@@ -990,6 +1049,19 @@ def _add_bench_compare(benches) -> None:
     parser.set_defaults(handler=_run_bench_compare)
 
 
+def _epochs_or_plateau(text: str) -> int | str:
+    """``--base-epochs``: a non-negative integer or ``plateau``."""
+    if text == "plateau":
+        return text
+    try:
+        epochs = int(text)
+    except ValueError:
+        epochs = -1
+    if epochs < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 or 'plateau', got {text!r}")
+    return epochs
+
+
 def _run_bench_compare(args: argparse.Namespace) -> int:
     from .bench.compare import METHODS, plot, render_markdown, run_compare_bench
 
@@ -998,7 +1070,12 @@ def _run_bench_compare(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         final_epochs=args.final_epochs,
         base_epochs=args.base_epochs,
+        base_patience=args.base_patience,
+        max_base_epochs=args.max_base_epochs,
         rounds=args.rounds,
+        design=args.design,
+        refine=args.refine,
+        criterion=args.criterion,
         epochs_per_step=args.epochs_per_step,
         sparse_epochs=args.sparse_epochs,
         latency_batch=args.latency_batch,
@@ -1012,8 +1089,12 @@ def _run_bench_compare(args: argparse.Namespace) -> int:
             targets=(0.5,),
             seeds=1,
             final_epochs=2,
-            base_epochs=8,
+            base_epochs="plateau",  # at most 8 epochs, as the fixed 8 it replaced
+            base_patience=1,
+            max_base_epochs=8,
             rounds=1,
+            design=2,
+            refine=1,
             epochs_per_step=1,
             sparse_epochs=1,
             latency_batch=16,

@@ -1,10 +1,17 @@
-"""Sample collection (Algorithm 1): prune each dimension alone, step by step.
+"""Sample collection: the (d, w, r, accuracy) points the accuracy predictor learns from.
 
-From the trained model at (1, 1, 1), each dimension is shrunk on its own in
-``rounds`` steps from 1 down to the value that alone meets the FLOPs target
-(depth: T, width: sqrt(T), resolution: sqrt(T)); each step is a
-:class:`~tridim.trial.Trial` that starts from the previous step's model of the same
-dimension and is finetuned ``epochs_per_step`` epochs.
+From the trained model at (1, 1, 1), each dimension is shrunk on its own in ``rounds``
+steps from 1 down to the value that alone meets the FLOPs target (depth: T, width:
+sqrt(T), resolution: sqrt(T)), and ``design`` mixed triples shrink several at once on
+the budget's iso-cost surface (:mod:`tridim.design`). Each point is a
+:class:`~tridim.trial.Trial`, made in one of two ways:
+
+- ``collection="one-shot"`` (default): every sample is cut from the base model by
+  :func:`~tridim.realise.realise` and finetuned ``epochs_per_step`` epochs — the recipe
+  of the refine trials and of the final model, which differs only in its epochs; so the
+  predictor learns what the final model will get;
+- ``collection="chain"`` (the paper's Algorithm 1): each axis step is cut from the
+  previous step's finetuned model of the same dimension, so step k has had k finetunes.
 
 Everything lands in the run folder (:class:`~tridim.store.RunStore`): the manifest says
 what is being collected, the journal gets one sample per finished step, and each step's
@@ -28,6 +35,7 @@ import torch.nn as nn
 
 from .cluster import RayTrials, check_cluster
 from .data import DataBundle
+from .design import axis_values, mixed_triples
 from .device import Execution, model_device
 from .dims.depth import find_blocks
 from .distributed import barrier, setup
@@ -35,7 +43,7 @@ from .measure import check_input_size, count_macs
 from .models import spec_of
 from .progress import Stage
 from .samples import Sample
-from .space import check_ratio
+from .space import Triple, check_ratio
 from .store import RunStore
 from .train import check_model_fits_data, seed_everything
 from .trial import Trial, TrialContext, evaluate_split, run_trial
@@ -50,6 +58,8 @@ __all__ = [
 ]
 
 DIMENSIONS = ("depth", "width", "resolution")
+#: How collection samples are made (see the module docstring).
+COLLECTIONS = ("one-shot", "chain")
 #: The smallest image side (pixels) the resolution dimension goes down to.
 MIN_SIDE = 4
 
@@ -60,10 +70,13 @@ class CollectionSettings:
 
     ``criterion="auto"`` stands for ``bn_scale`` on a model with BatchNorm and ``l1``
     (filter L1 norms, data-free) on one without; :meth:`for_model` resolves it.
+    ``collection`` says how samples are made (:data:`COLLECTIONS`), ``design`` how many
+    mixed triples join the axis points (one-shot only), and ``distill`` whether every
+    trial's finetune distils from the base model.
     """
 
     target_flops_ratio: float
-    rounds: int = 4
+    rounds: int = 2
     epochs_per_step: int = 2
     criterion: str = "auto"
     seed: int = 0
@@ -71,6 +84,9 @@ class CollectionSettings:
     lr: float = 0.02
     batch_size: int = 128
     ends: tuple[float, float, float] | None = None
+    collection: str = "one-shot"
+    design: int = 4
+    distill: bool = True
 
     def __post_init__(self) -> None:
         from .dims.criteria import CRITERIA
@@ -94,6 +110,18 @@ class CollectionSettings:
             raise ValueError(f"overshoot must be in [0, 0.5), got {self.overshoot}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.collection not in COLLECTIONS:
+            raise ValueError(
+                f"collection must be one of {', '.join(COLLECTIONS)}; got {self.collection!r}"
+            )
+        _check_count(self.design, "design", minimum=0)
+        if self.collection == "chain" and self.design:
+            raise ValueError(
+                "design points are one-shot cuts: use collection='one-shot', or design=0 "
+                "with collection='chain'"
+            )
+        if not isinstance(self.distill, bool):
+            raise ValueError(f"distill must be True or False, got {self.distill!r}")
 
     def manifest(self) -> dict:
         """The settings as the run folder's manifest records them (``ends`` only if set)."""
@@ -131,44 +159,68 @@ def step_values(
     overshoot: float = 0.0,
     ends: tuple[float, float, float] | None = None,
 ) -> dict:
-    """The coordinate each dimension is pruned to at every step.
-
-    Depth alone meets a FLOPs target T at d = T, width and resolution at sqrt(T)
-    (cost d * w^2 * r^2); ``ends`` replaces these (a latency budget's, found from the
-    latency table). ``overshoot`` goes that fraction further, so the fitted predictor
-    also sees a little beyond the target.
-
-    Returns
-    -------
-    dict
-        ``{"depth": [d_1, ..., d_rounds], "width": [...], "resolution": [...]}``,
-        each list decreasing from just below 1 to the end value.
-    """
-    target = check_ratio(target_flops_ratio, "target_flops_ratio")
-    ends = (
-        dict(zip(DIMENSIONS, ends))
-        if ends is not None
-        else {"depth": target, "width": math.sqrt(target), "resolution": math.sqrt(target)}
-    )
-    values = {}
-    for dim, end in ends.items():
-        end = max(0.02, end * (1.0 - overshoot))
-        values[dim] = [1.0 - (1.0 - end) * k / rounds for k in range(1, rounds + 1)]
-    return values
+    """The coordinate each dimension alone is pruned to at every step
+    (:func:`tridim.design.axis_values`)."""
+    return axis_values(target_flops_ratio, rounds, overshoot, ends)
 
 
-def collection_trials(settings: CollectionSettings, *, depth: bool = True) -> list[list[Trial]]:
-    """The collection's trials: one chain per dimension, each step the next's parent.
+def collection_trials(
+    settings: CollectionSettings,
+    *,
+    depth: bool = True,
+    lowest: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> list[list[Trial]]:
+    """The collection's trials, as lists that must each run in order.
+
+    One-shot: one list per trial (every trial is independent), axis points first, then
+    the mixed design. Chain: one list per dimension, each step the next one's parent.
 
     Parameters
     ----------
     settings : CollectionSettings
     depth : bool
-        Whether the model has removable blocks; without, the depth chain is empty.
+        Whether the model has removable blocks; without, no depth trial is made.
+    lowest : (d, w, r)
+        The model's floors; one-shot triples below them are raised to them.
     """
     values = step_values(
         settings.target_flops_ratio, settings.rounds, settings.overshoot, settings.ends
     )
+    if settings.collection == "chain":
+        return _chains(settings, values, depth)
+    runs = []
+    for dim in DIMENSIONS:
+        if dim == "depth" and not depth:
+            continue
+        for step, value in enumerate(values[dim], start=1):
+            point = [1.0, 1.0, 1.0]
+            point[DIMENSIONS.index(dim)] = value
+            triple = Triple(*(max(x, floor) for x, floor in zip(point, lowest)))
+            runs.append(
+                _one_shot(settings, f"{dim}:{step}", dim, step, triple, value, len(values[dim]))
+            )
+    design = mixed_triples(settings.target_flops_ratio, settings.design, depth=depth, lowest=lowest)
+    for step, triple in enumerate(design, start=1):
+        runs.append(_one_shot(settings, f"design:{step}", "design", step, triple, 1.0, len(design)))
+    return [[trial] for trial in runs]
+
+
+def _one_shot(settings, key, kind, step, triple, value, count) -> Trial:
+    return Trial(
+        key=key,
+        kind=kind,
+        epochs=settings.epochs_per_step,
+        seed=settings.seed,
+        train_seed=settings.seed,
+        step=step,
+        value=value,
+        triple=triple,
+        distill=settings.distill,
+        label=f"{kind} {step}/{count}",
+    )
+
+
+def _chains(settings: CollectionSettings, values: dict, depth: bool) -> list[list[Trial]]:
     chains = []
     for index, dim in enumerate(DIMENSIONS):
         chain, parent, previous = [], None, 1.0
@@ -185,6 +237,7 @@ def collection_trials(settings: CollectionSettings, *, depth: bool = True) -> li
                     value=value,
                     previous=previous,
                     parent=parent,
+                    distill=settings.distill,
                     label=f"{dim} {step}/{len(values[dim])}",
                 )
             )
@@ -209,12 +262,15 @@ def collect(
     target_flops_ratio: float,
     *,
     workdir: str | os.PathLike,
-    rounds: int = 4,
+    rounds: int = 2,
     epochs_per_step: int = 2,
     criterion: str = "auto",
     seed: int = 0,
     overshoot: float = 0.0,
     lr: float = 0.02,
+    collection: str = "one-shot",
+    design: int = 4,
+    distill: bool = True,
     executor: Executor | None = None,
     cluster: str | None = None,
     quiet: bool = False,
@@ -222,7 +278,7 @@ def collect(
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> list[Sample]:
-    """Collect (d, w, r, accuracy) samples by iterative pruning and finetuning.
+    """Collect (d, w, r, accuracy) samples: prune, finetune and measure.
 
     Parameters
     ----------
@@ -236,9 +292,9 @@ def collect(
         The run folder (journal, manifest, step checkpoints). Re-running with the same
         folder resumes.
     rounds : int
-        Steps per dimension; the collection has ``1 + 3 * rounds`` samples.
+        Axis points per dimension.
     epochs_per_step : int
-        Finetuning epochs after each pruning step.
+        Finetuning epochs of each sample.
     criterion : str
         Width criterion (see :mod:`tridim.dims.criteria`); ``"auto"`` (default) takes
         ``bn_scale`` on a model with BatchNorm, else ``l1``.
@@ -248,8 +304,17 @@ def collect(
         Prune this fraction past the value that meets the target.
     lr : float
         Peak finetuning learning rate.
+    collection : {"one-shot", "chain"}
+        How samples are made (module docstring): cut from the base model like the final
+        model (default), or the paper's chains of iterative prunes.
+    design : int
+        Mixed triples on the budget's iso-cost surface besides the axis points
+        (one-shot only; :mod:`tridim.design`). The collection has
+        ``1 + 3 * rounds + design`` samples (fewer when depth cannot change).
+    distill : bool
+        Distil from the base model while finetuning every sample.
     executor : concurrent.futures.Executor, optional
-        Runs the three dimensions concurrently (e.g. a ThreadPoolExecutor); by default
+        Runs independent trials (one-shot samples, or the three chains) concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
     cluster : {None, "ray"}
         ``"ray"``: run every trial as a Ray task (connecting to ``RAY_ADDRESS``, else
@@ -274,7 +339,16 @@ def collect(
     check_cluster(cluster)
     execution = Execution.of(device, precision, channels_last)
     settings = CollectionSettings(
-        target_flops_ratio, rounds, epochs_per_step, criterion, seed, overshoot, lr
+        target_flops_ratio,
+        rounds,
+        epochs_per_step,
+        criterion,
+        seed,
+        overshoot,
+        lr,
+        collection=collection,
+        design=design,
+        distill=distill,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
     trials = RayTrials(context) if cluster == "ray" else None
@@ -347,7 +421,9 @@ def run_collection(
         store.record(Sample(1.0, 1.0, 1.0, accuracy, _base_extra(settings.seed)))
     barrier()
     depth = any(b.removable for b in context.base_blocks)
-    chains = collection_trials(settings, depth=depth)
+    chains = collection_trials(settings, depth=depth, lowest=floors(context))
+    if settings.collection == "one-shot" and cluster is None:
+        context.block_gains()  # once, before trials share it on an executor's threads
     with Stage("collect", sum(map(len, chains)), quiet=context.quiet) as stage:
         if cluster is not None:
             cluster.run_chains(chains, stage)
@@ -358,8 +434,19 @@ def run_collection(
             futures = [executor.submit(_run_chain, chain, context, stage) for chain in chains]
             for future in futures:
                 future.result()
-    kinds = ("base", *DIMENSIONS)
+    kinds = ("base", *DIMENSIONS, "design")
     return [s for s in store.samples() if s.extra.get("dimension") in kinds]
+
+
+def floors(context: TrialContext) -> tuple[float, float, float]:
+    """The lowest (d, w, r) the run's base model can be cut to."""
+    from .dims.depth import minimum_depth
+    from .dims.width import DEFAULT_MIN_KEEP
+
+    removable = any(b.removable for b in context.base_blocks)
+    lowest_d = minimum_depth(context.base_blocks) if removable else 1.0
+    lowest_r = min(1.0, context.min_side / min(context.input_size[1:]))
+    return (lowest_d, DEFAULT_MIN_KEEP, lowest_r)
 
 
 def _base_extra(seed: int) -> dict:

@@ -4,10 +4,17 @@ A short ask-and-tell loop over :class:`~tridim.trial.Trial`\\ s, all recorded by
 :class:`~tridim.store.RunStore`::
 
     collect samples (trials)  ->  fit the accuracy predictor  ->  solve for (d, w, r)
-    repeat `refine` times:    the solver proposes a triple, a refine trial realises and
-                              finetunes it, its sample joins the fit, the solver re-solves
-    final trial:              realise the triple at the exact MACs budget, finetune it
-                              (distilling from the original), evaluate on the test split
+    up to `refine` times:     the solver proposes a triple, a refine trial realises and
+                              finetunes it, its sample joins the fit, the solver re-solves;
+                              stop when the optimum moves less than a block, a pixel and
+                              a width step
+    final trial:              realise the triple at the exact budget, finetune it,
+                              evaluate on the validation and test splits
+
+Every trial is made by one recipe (:mod:`tridim.trial`): cut from the base model by
+``realise`` with the run's criterion and seed, finetuned with the same optimiser,
+schedule and distillation; the final trial differs only in its epochs. So the samples
+the predictor learns from are made the way the final model is.
 
 Every trial is stored as it finishes, and the final finetune keeps an epoch checkpoint,
 so a re-run on the same workdir resumes where the last one stopped.
@@ -43,7 +50,7 @@ from .distributed import barrier, is_writer, setup, world
 from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
-from .predictor import LowRankPolynomialRegressor, fit_on_samples
+from .predictor import LowRankPolynomialRegressor, fit_on_samples, select_on_samples
 from .progress import Stage
 from .report import render_report_markdown
 from .runtimes import check_runtime
@@ -114,18 +121,20 @@ class OptimizeSettings:
     """The settings of :func:`optimize` beyond the collection's, validated."""
 
     final_epochs: int = 8
-    refine: int = 1
+    refine: int = 3
     distill: bool = True
-    degree: int = 3
-    rank: int = 1
+    degree: int | str = "auto"
+    rank: int | str = "auto"
     latency_batch: int = 64
     latency_repeats: int = 15
 
     def __post_init__(self) -> None:
         _check_count(self.final_epochs, "final_epochs", minimum=0)
         _check_count(self.refine, "refine", minimum=0)
-        _check_count(self.degree, "degree", minimum=1)
-        _check_count(self.rank, "rank", minimum=1)
+        if self.degree != "auto":
+            _check_count(self.degree, "degree", minimum=1)
+        if self.rank != "auto":
+            _check_count(self.rank, "rank", minimum=1)
         _check_count(self.latency_batch, "latency_batch", minimum=1)
         _check_count(self.latency_repeats, "latency_repeats", minimum=1)
 
@@ -144,14 +153,16 @@ def optimize(
     target_latency_ms: float | None = None,
     runtime: str = "eager",
     predictor: LowRankPolynomialRegressor | None = None,
-    rounds: int = 4,
+    rounds: int = 2,
     epochs_per_step: int = 2,
     final_epochs: int = 8,
-    refine: int = 1,
+    refine: int = 3,
     distill: bool = True,
     criterion: str = "auto",
-    degree: int = 3,
-    rank: int = 1,
+    degree: int | str = "auto",
+    rank: int | str = "auto",
+    collection: str = "one-shot",
+    design: int = 4,
     lr: float = 0.02,
     seed: int = 0,
     latency_batch: int = 64,
@@ -188,19 +199,30 @@ def optimize(
         A fitted predictor to reuse: collection is skipped, and refine trials refit on
         its training samples plus theirs.
     rounds, epochs_per_step : int
-        Collection: steps per dimension and finetuning epochs per step.
+        Collection: axis points per dimension, and finetuning epochs of every sample
+        and refine trial.
     final_epochs : int
         Finetuning epochs of the final model.
     refine : int
-        Verify-and-refit iterations: realise the predicted optimum, finetune it
-        ``epochs_per_step`` epochs, add it as a sample, refit and re-solve.
+        At most this many verify-and-refit iterations: realise the predicted optimum,
+        finetune it ``epochs_per_step`` epochs, add it as a sample, refit and re-solve;
+        they stop early once the optimum moves by less than one block, one pixel and
+        :data:`WIDTH_STEP` of width.
     distill : bool
-        Distil from the original model while finetuning the final model.
+        Distil from the original model while finetuning every trial (samples, refine
+        and final alike).
     criterion : str
         Width criterion (see :mod:`tridim.dims.criteria`); ``"auto"`` (default) takes
         ``bn_scale`` on a model with BatchNorm, else ``l1`` (the report says which).
-    degree, rank : int
-        The predictor's polynomial degree and CP rank.
+    degree, rank : int or "auto"
+        The predictor's polynomial degree and CP rank; ``"auto"`` (default) chooses them
+        by leave-one-out on every fit (the report shows the table).
+    collection : {"one-shot", "chain"}
+        How samples are made: cut from the base model by the final model's recipe
+        (default), or the paper's chains of iterative prunes (:mod:`tridim.collect`).
+    design : int
+        Mixed samples on the budget's iso-cost surface besides the axis points
+        (one-shot only; :mod:`tridim.design`).
     lr : float
         Peak finetuning learning rate.
     seed : int
@@ -249,6 +271,9 @@ def optimize(
         seed,
         0.0,
         lr,
+        collection=collection,
+        design=design,
+        distill=distill,
     )
     check_cluster(cluster)
     if predictor is not None and budget is None:
@@ -283,6 +308,21 @@ def optimize(
         context.latency, cost = budget, prepared
     trials = RayTrials(context) if cluster == "ray" else None
     return _Pipeline(context, collection, settings, trials, cost).run(predictor)
+
+
+#: Refinement stops once width moves less than this (and depth, resolution less than a
+#: block and a pixel).
+WIDTH_STEP = 0.02
+
+
+def settled(old: Triple, new: Triple, blocks: int, side: int) -> bool:
+    """Whether the optimum moved from ``old`` to ``new`` by less than one of ``blocks``
+    blocks, one pixel of ``side`` and :data:`WIDTH_STEP` of width (refinement stops)."""
+    return (
+        abs(new.d - old.d) < 1.0 / max(1, blocks)
+        and abs(new.r - old.r) < 1.0 / side
+        and abs(new.w - old.w) < WIDTH_STEP
+    )
 
 
 def _latency_budget(
@@ -401,6 +441,7 @@ class _Pipeline:
         self.cost = latency.cost if latency is not None else self._macs_model()
         self.seconds: dict[str, float] = {}
         self.reused_predictor = False
+        self.selection: dict | None = None
 
     def _timed(self, stage: str, function, *args):
         started = time.perf_counter()
@@ -430,6 +471,8 @@ class _Pipeline:
                 samples = samples + [sample]
                 refinements.append(record)
                 stage.advance(f"refine:{iteration} accuracy {sample.accuracy:.4f}")
+                if record["settled"]:
+                    break
         self.seconds["refine"] = time.perf_counter() - started
         with Stage("final", 1, quiet=context.quiet) as stage:
             final = self._run_trial(self._final_trial(solution), keep_model=True)
@@ -455,12 +498,16 @@ class _Pipeline:
         return solve(predictor, self.target, cost=self.cost)
 
     def _fit(self, samples: list[Sample]) -> LowRankPolynomialRegressor:
-        return fit_on_samples(
-            samples,
-            degree=self.settings.degree,
-            rank=self.settings.rank,
-            random_state=self.collection.seed,
+        settings, seed = self.settings, self.collection.seed
+        if "auto" not in (settings.degree, settings.rank):
+            return fit_on_samples(
+                samples, degree=settings.degree, rank=settings.rank, random_state=seed
+            )
+        selection = select_on_samples(
+            samples, degrees=settings.degree, ranks=settings.rank, random_state=seed
         )
+        self.selection = selection.to_dict()
+        return selection.predictor
 
     def _collect(self) -> list[Sample]:
         return run_collection(self.context, self.collection, cluster=self.cluster)
@@ -477,10 +524,11 @@ class _Pipeline:
             key=f"refine:{iteration}",
             kind="refine",
             epochs=self.collection.epochs_per_step,
-            seed=self.collection.seed + 7919 + iteration,
-            train_seed=self.collection.seed + 7918 + iteration,
+            seed=self.collection.seed,
+            train_seed=self.collection.seed,
             step=iteration,
             triple=solution.triple,
+            distill=self.collection.distill,
             label=f"refine {iteration}/{self.settings.refine}",
         )
         sample = self._run_trial(trial).sample
@@ -495,18 +543,23 @@ class _Pipeline:
             "measured_accuracy": sample.accuracy,
             "new_triple": new_solution.triple.to_dict(),
             "new_predicted_accuracy": new_solution.predicted_accuracy,
+            "settled": self._settled(solution.triple, new_solution.triple),
         }
         return predictor, new_solution, sample, record
+
+    def _settled(self, old: Triple, new: Triple) -> bool:
+        context = self.context
+        return settled(old, new, len(context.base_blocks), min(context.input_size[1:]))
 
     def _final_trial(self, solution: Solution) -> Trial:
         return Trial(
             key="final",
             kind="final",
             epochs=self.settings.final_epochs,
-            seed=self.collection.seed + 104729,
-            train_seed=self.collection.seed + 104729,
+            seed=self.collection.seed,
+            train_seed=self.collection.seed,
             triple=solution.triple,
-            distill=self.settings.distill,
+            distill=self.collection.distill,
             split="test",
             label="final",
         )
@@ -520,10 +573,16 @@ class _Pipeline:
         latency = self._timed("latency", self._latency, final.model)
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
+        report["val_accuracy"] = evaluate_split(final.model, "val", self.context)
+        report["predictor"] = self.selection
+        report["samples_meaning"] = self._samples_meaning()
         if refinements:
             last = refinements[-1]
             offset = last["measured_accuracy"] - last["predicted_accuracy"]
             report["prediction"]["offset_at_refine"] = offset
+            report["prediction"]["mean_abs_error_at_refine"] = sum(
+                abs(r["measured_accuracy"] - r["predicted_accuracy"]) for r in refinements
+            ) / len(refinements)
         store.write_json(PLAN, final.plan.to_dict())
         if store.writes:
             save(final.model, store.file(MODEL), plan=final.plan)
@@ -619,6 +678,28 @@ class _Pipeline:
             "measured_ms": {"before": timing["base_ms"], "after": timing["model_ms"]},
         }
 
+    def _samples_meaning(self) -> str:
+        """One sentence: what the accuracies the predictor learnt from are."""
+        c, s = self.collection, self.settings
+        distilled = ", distilled from the base model" if c.distill else ""
+        recipe = (
+            f"finetuned {c.epochs_per_step} epochs (SGD, cosine, lr {c.lr:g}{distilled}) "
+            f"and scored on the validation split"
+        )
+        if self.reused_predictor:
+            return f"samples of the reused predictor's run; refine trials here were {recipe}"
+        if c.collection == "chain":
+            return (
+                f"each axis sample is the previous step's finetuned model pruned further "
+                f"(k steps: k finetunes), {recipe}; refine and final trials are cut from the "
+                f"base in one shot, the final one finetuned {s.final_epochs} epochs"
+            )
+        return (
+            f"each sample is the base model cut in one shot to its (d, w, r) by realise "
+            f"(criterion {c.criterion}, seed {c.seed}), {recipe}; the final model is made "
+            f"the same way at the budget, with {s.final_epochs} epochs"
+        )
+
     def _context_record(self) -> dict:
         """The report's closing fields: what was compressed, and how."""
         context, c, s = self.context, self.collection, self.settings
@@ -629,7 +710,9 @@ class _Pipeline:
             if depth_fixed
             else None,
             "settings": {
+                "collection": c.collection,
                 "rounds": c.rounds,
+                "design": c.design,
                 "epochs_per_step": c.epochs_per_step,
                 "final_epochs": s.final_epochs,
                 "refine": s.refine,

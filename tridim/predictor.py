@@ -22,7 +22,8 @@ import math
 import numbers
 import os
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ __all__ = [
     "LowRankPolynomialRegressor",
     "leave_one_out_residuals",
     "fit_on_samples",
+    "select_on_samples",
+    "Selection",
     "EXPECTED_FAILED_CHECKS",
     "SCHEMA_VERSION",
 ]
@@ -468,7 +471,11 @@ def leave_one_out_residuals(estimator: Any, X: Any, y: Any) -> np.ndarray:
 
 
 def fit_on_samples(
-    samples: Iterable[Sample], *, degree: int = 3, rank: int = 1, random_state: int = 0
+    samples: Iterable[Sample],
+    *,
+    degree: int | str = 3,
+    rank: int | str = 1,
+    random_state: int = 0,
 ) -> LowRankPolynomialRegressor:
     """Fit the accuracy predictor to a run's samples.
 
@@ -479,8 +486,9 @@ def fit_on_samples(
     Parameters
     ----------
     samples : iterable of Sample
-    degree, rank : int
-        The predictor's polynomial degree and CP rank.
+    degree, rank : int or "auto"
+        The predictor's polynomial degree and CP rank; ``"auto"`` chooses by leave-one-out
+        (:func:`select_on_samples`, which also says why).
     random_state : int
         Seeds the fit's starts.
 
@@ -489,6 +497,10 @@ def fit_on_samples(
     LowRankPolynomialRegressor
         Fitted.
     """
+    if degree == "auto" or rank == "auto":
+        return select_on_samples(
+            samples, degrees=degree, ranks=rank, random_state=random_state
+        ).predictor
     X, y = samples_to_xy(samples)
     estimator = LowRankPolynomialRegressor(degree=degree, rank=rank, random_state=random_state)
     n_params = _count_params(X.shape[1], degree, rank)
@@ -497,11 +509,112 @@ def fit_on_samples(
     elif len(y) <= n_params + 1:
         warnings.warn(
             f"{len(y)} samples for a predictor with {n_params} parameters: leave-one-out "
-            "fits interpolate and the fit may swing between samples; use rounds >= 4 or "
-            "degree=2",
+            "fits interpolate and the fit may swing between samples; use more samples "
+            "(rounds, design) or degree=2",
             stacklevel=2,
         )
     return estimator.fit(X, y)
+
+
+#: A candidate whose leave-one-out RMSE is within this factor of the best counts as as
+#: good; the simplest of those is chosen (fewer parameters swing less between samples).
+PARSIMONY = 1.25
+#: Degrees and ranks :func:`select_on_samples` tries by default.
+AUTO_DEGREES = (1, 2, 3)
+AUTO_RANKS = (1, 2)
+
+
+@dataclass
+class Selection:
+    """The predictor chosen by leave-one-out, and what every candidate scored.
+
+    Attributes
+    ----------
+    predictor : LowRankPolynomialRegressor
+        The chosen candidate (the simplest within :data:`PARSIMONY` of the lowest
+        leave-one-out RMSE), fitted on every sample.
+    candidates : list of dict
+        ``{"degree", "rank", "n_params", "loo_rmse"}`` per candidate tried, lowest
+        leave-one-out RMSE first;
+        ``loo_rmse`` is None for a candidate with too few samples (at least
+        ``n_params + 2`` are needed for its leave-one-out fits not to interpolate).
+    """
+
+    predictor: LowRankPolynomialRegressor
+    candidates: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the choice and the table."""
+        return {
+            "degree": self.predictor.degree,
+            "rank": self.predictor.rank,
+            "rule": "the fewest parameters among the candidates whose leave-one-out RMSE "
+            f"is within {PARSIMONY - 1:.0%} of the lowest (candidates need n_params + 2 "
+            "samples)",
+            "candidates": self.candidates,
+        }
+
+
+def select_on_samples(
+    samples: Iterable[Sample],
+    *,
+    degrees: int | str | Sequence[int] = "auto",
+    ranks: int | str | Sequence[int] = "auto",
+    random_state: int = 0,
+) -> Selection:
+    """Choose the predictor's degree and rank by leave-one-out RMSE, and fit it.
+
+    Parameters
+    ----------
+    samples : iterable of Sample
+    degrees, ranks : int, sequence of int, or "auto"
+        The candidates (``"auto"``: :data:`AUTO_DEGREES`, :data:`AUTO_RANKS`); an int
+        fixes that one.
+    random_state : int
+        Seeds every fit.
+
+    Returns
+    -------
+    Selection
+
+    Raises
+    ------
+    ValueError
+        If no candidate has enough samples (fewer than 5 samples).
+    """
+    X, y = samples_to_xy(samples)
+    degrees = AUTO_DEGREES if degrees == "auto" else np.atleast_1d(degrees).tolist()
+    ranks = AUTO_RANKS if ranks == "auto" else np.atleast_1d(ranks).tolist()
+    for value in (*degrees, *ranks):
+        _check_int(value, "degree and rank", minimum=1)
+    rows = []
+    for degree in degrees:
+        for rank in ranks:
+            n_params = _count_params(X.shape[1], degree, rank)
+            row = {"degree": degree, "rank": rank, "n_params": n_params, "loo_rmse": None}
+            if len(y) >= n_params + 2:
+                estimator = LowRankPolynomialRegressor(
+                    degree=degree, rank=rank, random_state=random_state
+                )
+                residuals = leave_one_out_residuals(estimator, X, y)
+                row["loo_rmse"] = _rms(residuals)
+            rows.append(row)
+    scored = [r for r in rows if r["loo_rmse"] is not None]
+    if not scored:
+        raise ValueError(
+            f"{len(y)} samples are too few to choose a predictor by leave-one-out: the "
+            "smallest candidate needs "
+            f"{min(r['n_params'] for r in rows) + 2}; collect more samples or fix degree "
+            "and rank"
+        )
+    scored.sort(key=lambda r: (r["loo_rmse"], r["n_params"]))
+    near = [r for r in scored if r["loo_rmse"] <= PARSIMONY * scored[0]["loo_rmse"]]
+    best = min(near, key=lambda r: (r["n_params"], r["loo_rmse"]))
+    chosen = LowRankPolynomialRegressor(
+        degree=best["degree"], rank=best["rank"], random_state=random_state
+    ).fit(X, y)
+    unscored = [r for r in rows if r["loo_rmse"] is None]
+    return Selection(chosen, scored + unscored)
 
 
 def _count_params(n_features: int, degree: int, rank: int) -> int:

@@ -1,13 +1,15 @@
 """Trials: the one unit of work of a run — cut a model, finetune it, measure it.
 
-Every model a run trains is a :class:`Trial`: each collection step (``depth:2``,
-``width:3``, ...), each verify-and-refit step (``refine:1``) and the final model
-(``final``). A trial is plain data; :func:`run_trial` executes it against a
+Every model a run trains is a :class:`Trial`: each collection sample (``depth:2``,
+``width:3``, ``design:1``, ...), each verify-and-refit step (``refine:1``) and the final
+model (``final``). A trial is plain data; :func:`run_trial` executes it against a
 :class:`TrialContext` and the run's :class:`~tridim.store.RunStore`:
 
 1. if the store holds the finished trial, return it (a re-run skips it);
-2. seed, then cut the model: a collection step shrinks one dimension of its parent
-   trial's model, a refine or final trial realises a triple from the base model;
+2. seed, then cut the model: a trial with a ``triple`` is realised from the base model
+   (:func:`~tridim.realise.realise`, with the run's criterion and seed, the same for
+   samples, refine and final trials; refine and final meet the run's budget exactly);
+   a chain step (``collection="chain"``) shrinks one dimension of its parent's model;
 3. finetune (resuming from the trial's epoch checkpoint if a crash left one), evaluate;
 4. store weights, plan and sample; append the sample to the journal (all but ``final``).
 
@@ -51,8 +53,10 @@ __all__ = [
     "COLLECTION_KINDS",
 ]
 
-#: Trial kinds that shrink one dimension of their parent's model.
+#: Trial kinds of a collection (chain steps shrink one dimension of their parent's model).
 COLLECTION_KINDS = ("depth", "width", "resolution")
+#: Trial kinds realised at the run's budget (the others at their triple's own cost).
+BUDGET_KINDS = ("refine", "final")
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,8 @@ class Trial:
     key : str
         Unique within a run (``"width:2"``, ``"refine:1"``, ``"final"``).
     kind : str
-        ``"depth"``, ``"width"`` or ``"resolution"`` (a collection step), ``"refine"``
-        or ``"final"``.
+        ``"depth"``, ``"width"`` or ``"resolution"`` (an axis sample or chain step),
+        ``"design"`` (a mixed sample), ``"refine"`` or ``"final"``.
     epochs : int
         Finetuning epochs.
     seed : int
@@ -75,14 +79,14 @@ class Trial:
     step : int
         Position in its sequence (1-based).
     value, previous : float
-        Collection steps: the coordinate of ``kind`` asked for, and the parent's, both
-        relative to the base model.
+        Axis samples and chain steps: the coordinate of ``kind`` asked for, and (chain)
+        the parent's, both relative to the base model.
     parent : str, optional
-        Collection steps: the key of the trial whose model this one shrinks further
-        (None: the base model).
+        Chain steps: the key of the trial whose model this one shrinks further.
     triple : Triple, optional
-        Refine and final trials: the triple realised at the run's budget (MACs, or the
-        context's latency budget, met as measured).
+        The triple realised from the base model: as asked for by a one-shot sample, at
+        the run's budget (MACs, or the context's latency budget, met as measured) by a
+        refine or final trial. None for a chain step.
     distill : bool
         Distil from the base model while finetuning.
     split : str
@@ -130,6 +134,15 @@ class TrialContext:
     quiet: bool = False
     execution: Execution = field(default_factory=Execution)
     latency: LatencyBudget | None = None
+    gains: list | None = None
+
+    def block_gains(self) -> list | None:
+        """The base model's block gains (linear probes), computed once per run."""
+        if self.gains is None and any(b.removable for b in self.base_blocks):
+            from .dims.depth import block_gains
+
+            self.gains = block_gains(self.base, self.data, seed=self.seed)
+        return self.gains
 
 
 @dataclass
@@ -276,6 +289,8 @@ def _sample(
     extra = {"key": trial.key, "dimension": trial.kind, "step": trial.step}
     if trial.kind in COLLECTION_KINDS:
         extra["requested"] = trial.value
+    if trial.triple is not None:
+        extra["triple"] = trial.triple.to_dict()
     extra.update(
         macs_ratio=plan.macs_ratio,
         epochs=trial.epochs,
@@ -292,25 +307,24 @@ def _sample(
 def _cut(
     trial: Trial, context: TrialContext, parent: StepRecord | None
 ) -> tuple[ResolutionWrapper, Plan]:
-    if trial.kind in COLLECTION_KINDS:
+    if trial.triple is None:
         return _cut_step(trial, context, parent)
-    if context.latency is not None:
+    gains = context.block_gains() if trial.triple.d < 1 else None
+    common = dict(data=context.data, criterion=context.criterion, gains=gains, seed=context.seed)
+    # a private copy: trials on an executor's threads must not hook the same modules
+    base = copy.deepcopy(context.base)
+    if trial.kind in BUDGET_KINDS and context.latency is not None:
         model, plan, _ = realise_to_latency(
-            context.base,
-            trial.triple,
-            context.latency,
-            input_size=context.input_size,
-            data=context.data,
-            criterion=context.criterion,
+            base, trial.triple, context.latency, input_size=context.input_size, **common
         )
         return model, plan
+    target = context.target_flops_ratio if trial.kind in BUDGET_KINDS else None
     return realise(
-        context.base,
+        base,
         trial.triple,
         input_size=context.input_size,
-        data=context.data,
-        target_flops_ratio=context.target_flops_ratio,
-        criterion=context.criterion,
+        target_flops_ratio=target,
+        **common,
     )
 
 

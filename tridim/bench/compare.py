@@ -1,10 +1,14 @@
 """Benchmark: tridim against one dimension, Torch-Pruning, training from scratch and the
 best of a grid, at equal MACs, from one base model.
 
-:func:`run_compare_bench` trains the base model once (cached in ``out``), then fills one
-*cell* per (method, target, seed), each stored as JSON in ``out/cells`` the moment it
-finishes; a re-run skips finished cells, so a kill loses at most one cell (``tridim``
-cells resume inside their own run folder too). Methods:
+:func:`run_compare_bench` trains the base model once (cached in ``out``): by default with
+SGD at a constant lr 0.05, divided by 10 whenever validation accuracy plateaus, until the
+plateau after the second division (:func:`plateau_schedule`), one epoch at a time from a
+checkpoint in ``out``, so a kill loses at most one epoch; or, given a number of epochs,
+with a cosine schedule over them. Then it fills one *cell* per (method, target, seed),
+each stored as JSON in ``out/cells`` the moment it finishes; a re-run skips finished
+cells, so a kill loses at most one cell (``tridim`` cells resume inside their own run
+folder too). Methods:
 
 - ``tridim``: :func:`tridim.optimize` with its default pipeline at the target;
 - ``tridim-latency``: :func:`tridim.optimize` with a latency budget equal to the speed-up
@@ -15,7 +19,8 @@ cells resume inside their own run folder too). Methods:
   regulariser on BN scales; ``tp-group-norm``: Torch-Pruning's global group-norm
   (L2 magnitude) importance; both pruned to the measured MACs target within 1%;
 - ``scratch``: a uniformly thinner model of the same family at the same MACs, trained from
-  scratch for the base epochs plus every epoch the ``tridim`` cell spent;
+  scratch (cosine) for the epochs the base trained plus every epoch the ``tridim`` cell
+  spent plus the final epochs;
 - ``best-grid``: triples on the iso-MACs surface (depth and resolution on a grid, width
   taking the rest), each realised and finetuned like the others: the oracle the
   predictor tries to find.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import statistics
 import time
@@ -42,6 +48,7 @@ import torch.nn as nn
 import tridim
 from tridim.atomic import atomic_write_json
 from tridim.bench.dims import _depth_only, _resolution_only
+from tridim.collect import auto_criterion
 from tridim.data import DataBundle, load
 from tridim.dims.depth import block_gains, find_blocks
 from tridim.measure import count_macs, count_params
@@ -50,10 +57,18 @@ from tridim.realise import realise
 from tridim.runtimes import time_ratio
 from tridim.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
-__all__ = ["run_compare_bench", "METHODS", "render_markdown"]
+__all__ = ["run_compare_bench", "METHODS", "render_markdown", "plateau_schedule"]
 
+#: tridim's variants (the design study): optimize's options that differ from the run's.
+TRIDIM_VARIANTS = {
+    "tridim": {},
+    "tridim-axis": {"design": 0},
+    "tridim-chain": {"collection": "chain", "design": 0},
+    "tridim-bn-scale": {"criterion": "bn_scale"},
+    "tridim-group-norm": {"criterion": "group_norm"},
+}
 METHODS = (
-    "tridim",
+    *TRIDIM_VARIANTS,
     "tridim-latency",
     "depth-only",
     "width-only",
@@ -64,6 +79,10 @@ METHODS = (
     "best-grid",
 )
 FINAL_LR = 0.02
+#: The base model's (initial) learning rate.
+BASE_LR = 0.05
+#: How often the plateau schedule divides the base lr (by 10) before it stops at a plateau.
+BASE_DECAYS = 2
 #: Torch-Pruning's default strength of the BN-scale L1 regulariser.
 TP_REG = 1e-5
 
@@ -75,6 +94,8 @@ class _Setup:
         self.data, self.base, self.base_record, self.options = data, base, base_record, options
         self.size = tuple(data.input_shape)
         self.base_macs = count_macs(base, self.size)
+        criterion = options["criterion"]
+        self.criterion = auto_criterion(base) if criterion == "auto" else criterion
 
 
 def run_compare_bench(
@@ -85,8 +106,14 @@ def run_compare_bench(
     targets: tuple[float, ...] = (0.5, 0.3),
     seeds: int = 2,
     final_epochs: int = 8,
-    base_epochs: int = 15,
-    rounds: int = 4,
+    base_epochs: int | str = "plateau",
+    base_patience: int = 3,
+    max_base_epochs: int = 60,
+    base_min_delta: float = 0.001,
+    rounds: int = 2,
+    design: int = 4,
+    refine: int = 3,
+    criterion: str = "auto",
     epochs_per_step: int = 2,
     sparse_epochs: int = 2,
     latency_batch: int = 64,
@@ -97,10 +124,17 @@ def run_compare_bench(
     quiet: bool = False,
     data_options: dict | None = None,
 ) -> dict:
-    """Fill every missing cell, then summarise all of them; see the module docstring."""
+    """Fill every missing cell, then summarise all of them; see the module docstring.
+
+    ``base_epochs`` is ``"plateau"`` (train the base until validation accuracy plateaus,
+    see :func:`plateau_schedule` for ``base_patience``, ``base_min_delta`` and
+    ``max_base_epochs``) or a number of epochs under a cosine schedule (the plateau
+    settings are then unused).
+    """
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise ValueError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    base_settings = _base_settings(base_epochs, base_patience, max_base_epochs, base_min_delta)
     data = load(data_name, **(data_options or {}))
     if subset or train_subset:
         data = data.subset(**(subset or {"train": train_subset}))
@@ -108,15 +142,18 @@ def run_compare_bench(
     options = dict(
         model=model_name,
         final_epochs=final_epochs,
-        base_epochs=base_epochs,
+        **base_settings,
         rounds=rounds,
+        design=design,
+        refine=refine,
+        criterion=criterion,
         epochs_per_step=epochs_per_step,
         sparse_epochs=sparse_epochs,
         latency_batch=latency_batch,
         latency_repeats=latency_repeats,
     )
     _check_settings(out, {"data": data.name, "train_examples": len(data.train), **options})
-    base, base_record = _base_model(model_name, data, base_epochs, out, quiet)
+    base, base_record = _base_model(model_name, data, base_settings, out, quiet)
     options.update(quiet=quiet, out=out)
     setup = _Setup(data, base, base_record, options)
     ordered = [m for m in METHODS if m in methods]  # tridim first: others read its cell
@@ -160,26 +197,145 @@ def _check_settings(out: Path, settings: dict) -> None:
     atomic_write_json(path, settings)  # creates the folder
 
 
-def _base_model(model_name: str, data: DataBundle, epochs: int, out: Path, quiet: bool):
+def _base_settings(epochs: int | str, patience: int, max_epochs: int, min_delta: float) -> dict:
+    """The base training's settings (the plateau's only under the plateau schedule, so a
+    folder of a fixed-epoch base keeps the settings it was run with)."""
+    if epochs == "plateau":
+        if patience < 1 or max_epochs < 1 or min_delta < 0:
+            raise ValueError(
+                f"the base plateau needs patience >= 1, max epochs >= 1 and min delta >= 0, "
+                f"got {patience}, {max_epochs} and {min_delta}"
+            )
+        return dict(
+            base_epochs=epochs,
+            base_patience=patience,
+            max_base_epochs=max_epochs,
+            base_min_delta=min_delta,
+        )
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"base epochs must be 'plateau' or an integer >= 0, got {epochs!r}")
+    return dict(base_epochs=epochs)
+
+
+def plateau_schedule(
+    val_accuracies: list[float],
+    *,
+    patience: int = 3,
+    min_delta: float = 0.001,
+    max_epochs: int = 60,
+    lr: float = BASE_LR,
+    decays: int = BASE_DECAYS,
+) -> float | None:
+    """The learning rate of the next base epoch, given the validation accuracies of the
+    epochs so far (each trained at the lr this function gave before it); None to stop.
+
+    An epoch improves if its accuracy exceeds the best so far (over every lr) by more
+    than ``min_delta``. After ``patience`` epochs in a row without improvement the lr is
+    divided by 10 and the count restarts; the plateau after the ``decays``-th division
+    stops training (lr 0.05 -> 0.005 -> 0.0005 -> stop by default), and so does
+    reaching ``max_epochs`` epochs.
+    """
+    if len(val_accuracies) >= max_epochs:
+        return None
+    divided, best, stale = 0, -math.inf, 0
+    for accuracy in val_accuracies:
+        if accuracy > best + min_delta:
+            best, stale = accuracy, 0
+        else:
+            stale += 1
+        if stale >= patience:
+            if divided == decays:
+                return None
+            divided, stale = divided + 1, 0
+    return lr / 10.0**divided
+
+
+def _base_model(model_name: str, data: DataBundle, settings: dict, out: Path, quiet: bool):
     seed_everything(0)
     model = build(model_name, data.num_classes, data.input_shape[0])
-    cache, record_path = out / f"base-{model_name}-e{epochs}.pt", out / "base.json"
+    epochs = settings["base_epochs"]
+    tag = "plateau" if epochs == "plateau" else f"e{epochs}"
+    cache, record_path = out / f"base-{model_name}-{tag}.pt", out / "base.json"
     if cache.is_file() and record_path.is_file():
         load_checkpoint(cache, model)
         return model.eval(), json.loads(record_path.read_text())
-    started = time.perf_counter()
-    train(model, data, epochs, lr=0.05, seed=0, quiet=quiet, evaluate_each_epoch=False)
-    seconds = time.perf_counter() - started
+    if epochs == "plateau":
+        checkpoint = out / f"base-{model_name}-plateau-training.pt"
+        record = _train_to_plateau(model, data, settings, checkpoint, out, quiet)
+    else:
+        started = time.perf_counter()
+        train(model, data, epochs, lr=BASE_LR, seed=0, quiet=quiet, evaluate_each_epoch=False)
+        record = {
+            "epochs": epochs,
+            "schedule": f"SGD, cosine from lr {BASE_LR:g} over {epochs} epochs",
+            "seconds": time.perf_counter() - started,
+        }
     save_checkpoint(cache, model)
-    record = {
-        "epochs": epochs,
-        "seconds": seconds,
-        "accuracy": evaluate(model.eval(), data.loader("test", 256)),
-        "params": count_params(model),
-        "macs": count_macs(model, data.input_shape),
-    }
+    record.update(
+        accuracy=evaluate(model.eval(), data.loader("test", 256)),
+        params=count_params(model),
+        macs=count_macs(model, data.input_shape),
+    )
     atomic_write_json(record_path, record)
     return model, record
+
+
+def _train_to_plateau(
+    model: nn.Module, data: DataBundle, settings: dict, checkpoint: Path, out: Path, quiet: bool
+) -> dict:
+    """Train the base epoch by epoch at the lr :func:`plateau_schedule` gives.
+
+    Each :func:`train` call runs one more epoch from the checkpoint the last one saved
+    (weights, optimiser state with its momentum, epoch count) at that epoch's lr: the
+    same run as one continuous run whose lr drops at the plateaus (the shuffling seeds
+    follow the epoch number), and a kill loses at most the epoch under way. The
+    checkpoint's history (one val accuracy per epoch) is what resumes; every lr follows
+    from it, so ``base-curve.json`` is only a view of the run so far.
+    """
+    plateau = {
+        "patience": settings["base_patience"],
+        "min_delta": settings["base_min_delta"],
+        "max_epochs": settings["max_base_epochs"],
+    }
+    history = load_checkpoint(checkpoint, model)["history"] if checkpoint.is_file() else []
+    accuracies = [epoch["val_accuracy"] for epoch in history]
+    while (lr := plateau_schedule(accuracies, **plateau)) is not None:
+        history = train(
+            model,
+            data,
+            len(history) + 1,
+            lr=lr,
+            schedule="constant",
+            seed=0,
+            checkpoint_path=checkpoint,
+            evaluate_each_epoch=True,
+            quiet=quiet,
+            label=f"base model, lr {lr:g}",
+        ).epochs
+        accuracies = [epoch["val_accuracy"] for epoch in history]
+        atomic_write_json(out / "base-curve.json", _curve(accuracies, plateau))
+    unbounded = {**plateau, "max_epochs": math.inf}
+    stopped = "plateau" if plateau_schedule(accuracies, **unbounded) is None else "max_base_epochs"
+    return {
+        "epochs": len(history),
+        "schedule": (
+            f"SGD, constant lr {BASE_LR:g} divided by 10 after {plateau['patience']} "
+            f"epoch{'s' if plateau['patience'] != 1 else ''} without a val accuracy gain "
+            f"above {plateau['min_delta']:g}, stopped at the "
+            f"plateau after {BASE_DECAYS} divisions or at {plateau['max_epochs']} epochs"
+        ),
+        "stopped": stopped,
+        "curve": _curve(accuracies, plateau),
+        "seconds": sum(epoch["seconds"] for epoch in history),
+    }
+
+
+def _curve(accuracies: list[float], plateau: dict) -> list[dict]:
+    """One entry per epoch: its number, the lr it was trained at, its val accuracy."""
+    return [
+        {"epoch": i + 1, "lr": plateau_schedule(accuracies[:i], **plateau), "val_accuracy": a}
+        for i, a in enumerate(accuracies)
+    ]
 
 
 def _cell(setup: _Setup, method: str, target: float, seed: int) -> dict | None:
@@ -242,37 +398,53 @@ def _final_finetune(setup: _Setup, model: nn.Module, seed: int) -> dict:
 # ------------------------------------------------------------------------- methods
 
 
-def _tridim(setup: _Setup, target: float, seed: int, **budget):
+def _tridim_variant(name: str):
+    def run(setup: _Setup, target: float, seed: int):
+        return _tridim(setup, target, seed, name=name, **TRIDIM_VARIANTS[name])
+
+    return run
+
+
+def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **options):
+    """optimize() with the bench's settings; ``options`` are a variant's or a latency
+    budget's."""
     o = setup.options
-    name = "tridim-latency" if budget else "tridim"
+    options = {"criterion": o["criterion"], "design": o["design"], **options}
+    workdir = o["out"] / "runs" / f"{name}-t{target:g}-s{seed}"
+    latency = "target_speedup" in options
     result = tridim.optimize(
         setup.base,
         setup.data,
-        None if budget else target,
-        **budget,
-        workdir=o["out"] / "runs" / f"{name}-t{target:g}-s{seed}",
+        None if latency else target,
+        workdir=workdir,
         rounds=o["rounds"],
         epochs_per_step=o["epochs_per_step"],
         final_epochs=o["final_epochs"],
+        refine=o["refine"],
         lr=FINAL_LR,
         seed=seed,
         quiet=o["quiet"],
         latency_batch=o["latency_batch"],
         latency_repeats=o["latency_repeats"],
         device="cpu",
+        **options,
     )
     report = result.report
     seconds = report["seconds"]
-    collection = report["n_samples"] - 1 - report["settings"]["refine"]
     return result.model, {
         "triple": report["triple"],
-        "before_final_epochs": (collection + report["settings"]["refine"]) * o["epochs_per_step"],
+        "solved_triple": report["solved_triple"],
+        "before_final_epochs": (report["n_samples"] - 1) * o["epochs_per_step"],
         "before_final_seconds": seconds.get("collect", 0.0) + seconds.get("refine", 0.0),
         "final_epochs": o["final_epochs"],
         "final_seconds": seconds.get("finetune", 0.0),
         "predicted_accuracy": report["predicted_accuracy"],
+        "refine_abs_error": report["prediction"].get("mean_abs_error_at_refine"),
+        "refinements": report["refinements"],
+        "predictor_choice": report.get("predictor"),
+        "settings": report["settings"],
         "budget": report["budget"],
-        "predictor": str(o["out"] / "runs" / f"{name}-t{target:g}-s{seed}" / "predictor.json"),
+        "predictor": str(workdir / "predictor.json"),
     }
 
 
@@ -283,7 +455,7 @@ def _tridim_latency(setup: _Setup, target: float, seed: int):
     speedup = reference[f"speedup_b{setup.options['latency_batch']}"]
     if speedup <= 1.0:
         return None  # the MACs run was not faster: no latency budget to match
-    return _tridim(setup, target, seed, target_speedup=round(speedup, 3))
+    return _tridim(setup, target, seed, name="tridim-latency", target_speedup=round(speedup, 3))
 
 
 def _one_dimension(kind: str):
@@ -295,7 +467,12 @@ def _one_dimension(kind: str):
             model, plan = _depth_only(base, data, target, block_gains(base, data, seed=seed))
         elif kind == "width":
             model, plan = realise(
-                base, (1, 1, 1), input_size=setup.size, target_flops_ratio=target, seed=seed
+                base,
+                (1, 1, 1),
+                input_size=setup.size,
+                target_flops_ratio=target,
+                criterion=setup.criterion,
+                seed=seed,
             )
         else:
             model, plan = _resolution_only(base, data, target)
@@ -392,7 +569,7 @@ def _scratch(setup: _Setup, target: float, seed: int):
         return None  # needs a family with a width option
     reference = _stored(setup, "tridim", target, seed)
     spent = 0 if reference is None else reference["before_final_epochs"]
-    epochs = setup.options["base_epochs"] + spent + setup.options["final_epochs"]
+    epochs = setup.base_record["epochs"] + spent + setup.options["final_epochs"]
     size, classes = setup.size, setup.data.num_classes
     widths = [step / 100 for step in range(20, 101)]
     ratios = [count_macs(build(name, classes, size[0], width=w), size) for w in widths]
@@ -407,7 +584,7 @@ def _scratch(setup: _Setup, target: float, seed: int):
         "before_final_seconds": time.perf_counter() - started,
         "final_epochs": 0,
         "final_seconds": 0.0,
-        "note": "trained from scratch for base epochs + everything tridim spent",
+        "note": "trained from scratch for base epochs + everything tridim spent + final epochs",
     }
 
 
@@ -425,6 +602,7 @@ def _best_grid(setup: _Setup, target: float, seed: int):
                     input_size=size,
                     target_flops_ratio=target,
                     gains=gains,
+                    criterion=setup.criterion,
                     seed=seed,
                 )
             except ValueError:
@@ -453,7 +631,7 @@ def _stored(setup: _Setup, method: str, target: float, seed: int) -> dict | None
 
 
 _RUNNERS = {
-    "tridim": _tridim,
+    **{name: _tridim_variant(name) for name in TRIDIM_VARIANTS},
     "tridim-latency": _tridim_latency,
     "depth-only": _one_dimension("depth"),
     "width-only": _one_dimension("width"),
@@ -489,19 +667,23 @@ def summarise(cells: list[dict]) -> list[dict]:
         batch_keys = [k for k in group[0] if k.startswith("speedup_b") and k != "speedup_b1"]
         row["speedup_batch"] = statistics.mean(c[batch_keys[0]] for c in group)
         row["before_final_seconds"] = statistics.mean(c["before_final_seconds"] for c in group)
+        errors = [c["refine_abs_error"] for c in group if c.get("refine_abs_error") is not None]
+        if errors:
+            row["refine_abs_error"] = statistics.mean(errors)
         rows.append(row)
     _add_regret(rows, cells)
     return rows
 
 
 def _add_regret(rows: list[dict], cells: list[dict]) -> None:
-    """tridim's regret against the grid's best, and where its predictor ranked that best."""
+    """Each tridim variant's regret against the grid's best, and where its predictor ranked
+    that best."""
     for row in rows:
-        if row["method"] != "tridim":
+        if row["method"] not in TRIDIM_VARIANTS:
             continue
         regrets, ranks = [], []
         for cell in cells:
-            if cell["method"] != "tridim" or cell["target"] != row["target"]:
+            if cell["method"] != row["method"] or cell["target"] != row["target"]:
                 continue
             grid = next(
                 (
@@ -549,13 +731,21 @@ def render_markdown(result: dict) -> str:
             f"| {row['speedup_b1']:.2f}x | {row['speedup_batch']:.2f}x "
             f"| {row['before_final_epochs']:g} | {row['before_final_seconds']:.0f} |"
         )
+    base = result["base"]
+    line = f"base model: {base['epochs']} epochs"
+    if base.get("curve"):
+        last = base["curve"][-1]
+        line += f" (last lr {last['lr']:g}), final val accuracy {last['val_accuracy']:.4f}"
+    lines += ["", f"{line}, test accuracy {base['accuracy']:.4f}"]
     regrets = [r for r in result["summary"] if r.get("regret_vs_grid") is not None]
     for row in regrets:
         lines.append("")
+        error = row.get("refine_abs_error")
         lines.append(
-            f"target {row['target']:g}: tridim's regret against the best grid triple "
+            f"target {row['target']:g}: {row['method']}'s regret against the best grid triple "
             f"{row['regret_vs_grid']:+.4f}; its predictor ranked that triple "
             f"{row['predictor_rank_of_grid_best']} (1 = first)"
+            + ("" if error is None else f"; mean |predicted - measured| at refine {error:.4f}")
         )
     return "\n".join(lines) + "\n"
 

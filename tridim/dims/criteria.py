@@ -19,6 +19,11 @@ Criteria (``get_criterion(name)``, names in :data:`CRITERIA`):
     Norm of the output filters of the group's convolutions / linear layers, averaged.
 ``bn_filter``
     ``bn_scale`` x ``l2`` (BN scale times filter Frobenius norm).
+``group_norm``
+    L2 norm of every parameter of the group touching the channel: the producers' output
+    filters (and biases), the consumers' input slices and the BatchNorms' scales and
+    shifts, divided by the group's mean so that groups are comparable (data-free, with or
+    without BatchNorm).
 ``activation_mean``, ``activation_std``
     Mean of |activation| and standard deviation of the activation, over examples and
     positions, averaged over the group's members.
@@ -349,6 +354,93 @@ class BNFilter(Criterion):
         return [None if a is None or b is None else a * b for a, b in zip(gammas, norms)]
 
 
+def _squares_per_channel(layer: nn.Module, member: GroupMember) -> torch.Tensor | None:
+    """Sum of squares of ``layer``'s parameters touching each of its channels on ``member``'s side.
+
+    One value per channel of the layer (output channels if ``member.out``, else input
+    channels), or None for a layer holding none (a BatchNorm without affine parameters).
+    """
+    weight = getattr(layer, "weight", None)
+    if weight is None:
+        return None
+    weight = weight.detach().cpu().double()
+    bias = getattr(layer, "bias", None)
+    if member.kind == "bn":
+        squares = weight.pow(2)
+    elif member.kind == "linear":  # weight [out, in]
+        squares = weight.pow(2).sum(1 if member.out else 0)
+    else:
+        squares = _conv_squares(layer, weight, member)
+    # a bias belongs to the output channels (a BN's shift to its channels)
+    if bias is not None and (member.out or member.kind == "bn"):
+        squares = squares + bias.detach().cpu().double().pow(2)
+    return squares
+
+
+def _conv_squares(layer: nn.Module, weight: torch.Tensor, member: GroupMember) -> torch.Tensor:
+    """Per channel: the sum of squares of the convolution weights touching it.
+
+    A convolution's weight is ``[out, in / groups, *kernel]`` (transposed:
+    ``[in, out / groups, *kernel]``). A channel of the first axis owns a whole slice of
+    it; channel ``c`` of the second side, in a convolution of ``g`` groups, meets only
+    the first-axis rows of its own group ``c // (n / g)``, at column ``c % (n / g)``:
+    reshaping to ``[g, rows per group, columns, -1]`` and summing rows and kernel gives
+    one value per channel, in order (for ``g = 1`` the plain column sums). A depthwise
+    convolution (its input channel is its output channel) is a member once, as a
+    producer: its filter ``weight[c]`` is counted once.
+    """
+    first_axis = member.out or member.depthwise
+    if getattr(layer, "transposed", False):
+        first_axis = not first_axis
+    if first_axis:
+        return weight.pow(2).flatten(1).sum(1)
+    groups = int(getattr(layer, "groups", 1))
+    blocks = weight.reshape(groups, weight.shape[0] // groups, weight.shape[1], -1)
+    return blocks.pow(2).sum((1, 3)).reshape(-1)
+
+
+def _group_magnitude(model: nn.Module, group: ChannelGroup) -> np.ndarray:
+    """Per channel: sqrt of the sum of squares over every member's parameters touching it."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for member in group.members:
+        if member.kind not in ("conv", "linear", "bn"):
+            continue  # other layers (norms, layer scales) are not scored
+        squares = _squares_per_channel(model.get_submodule(member.name), member)
+        if squares is None:
+            continue
+        idxs = torch.as_tensor(member.idxs, dtype=torch.long)
+        roots = torch.as_tensor(member.root_idxs, dtype=torch.long)
+        # every index is in range by construction; should the dependency graph ever map
+        # a channel past the layer's width, that entry is left out rather than misread
+        inside = idxs < squares.numel()
+        total.index_add_(0, roots[inside], squares.index_select(0, idxs[inside]))
+    return total.sqrt().numpy()
+
+
+class GroupMagnitude(Criterion):
+    """L2 norm over all parameters touching the channel, divided by the group's mean.
+
+    For channel ``c`` of a group: the square root of the sum of squares of its
+    producers' output filters ``weight[c]`` and biases ``bias[c]``, its consumers' input
+    slices (``weight[:, c]``, or for a grouped convolution the rows of ``c``'s group at
+    ``c``'s column), and the scale and shift of every BatchNorm of the group. A
+    depthwise convolution, whose input channel is its output channel, counts once. Each
+    group's scores are then divided by their mean, so that a global ranking compares
+    channels with their own layer's typical magnitude. Data-free; works without
+    BatchNorm. ``normalize=True`` additionally divides by the L2 norm.
+    """
+
+    name = "group_norm"
+
+    def raw_scores(self, model, groups, data, seed):
+        scores = []
+        for group in groups:
+            values = _group_magnitude(model, group)
+            mean = float(values.mean()) if values.size else 0.0
+            scores.append(values / mean if mean > 0 else values)
+        return scores
+
+
 class RandomScores(Criterion):
     """Seeded uniform scores."""
 
@@ -472,7 +564,17 @@ class ActivationStd(ActivationMean):
 
 _REGISTRY: dict[str, type[Criterion]] = {
     cls.name: cls
-    for cls in (BNScale, Taylor, L1, L2, BNFilter, ActivationMean, ActivationStd, RandomScores)
+    for cls in (
+        BNScale,
+        Taylor,
+        L1,
+        L2,
+        BNFilter,
+        GroupMagnitude,
+        ActivationMean,
+        ActivationStd,
+        RandomScores,
+    )
 }
 #: Names accepted by :func:`get_criterion`, default first.
 CRITERIA: tuple[str, ...] = tuple(_REGISTRY)

@@ -1,0 +1,149 @@
+"""One recipe for every trial: samples are cut from the base like the final model, the
+design mixes dimensions on the budget's surface, and refinement stops once it settles."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import tridim
+from tridim.collect import collect
+from tridim.design import mixed_triples, simplex_splits
+from tridim.optimize import WIDTH_STEP, settled
+from tridim.predictor import select_on_samples
+from tridim.samples import Sample
+from tridim.space import Triple
+from tridim.store import RunStore
+
+
+def test_mixed_triples_lie_on_the_budget_and_mix_dimensions():
+    triples = mixed_triples(0.3, 7)
+    assert len({t.as_tuple() for t in triples}) == 7
+    for t in triples:
+        assert t.cost == pytest.approx(0.3)
+        assert sum(x < 1 for x in t.as_tuple()) >= 2
+    flat = mixed_triples(0.3, 3, depth=False)
+    assert all(t.d == 1 and t.cost == pytest.approx(0.3) for t in flat)
+    floored = mixed_triples(0.3, 4, lowest=(0.5, 0.05, 0.9))
+    assert all(t.d >= 0.5 and t.r >= 0.9 for t in floored)
+
+
+def test_design_splits_are_inside_the_simplex_and_refuse_too_many():
+    for split in simplex_splits(10):
+        assert sum(split) == pytest.approx(1) and min(split) >= 0 and max(split) < 1
+    with pytest.raises(ValueError, match="at most 10 mixed points"):
+        simplex_splits(11)
+    with pytest.raises(ValueError, match="design must be a non-negative integer"):
+        mixed_triples(0.5, -1)
+
+
+def test_one_shot_sample_is_the_base_realised_with_the_runs_seed(tiny, base_model, tmp_path):
+    """A sample's model is exactly what realise() makes of the base at that triple."""
+    collect(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=2,
+        design=1,
+        epochs_per_step=0,
+        seed=3,
+        quiet=True,
+    )
+    store = RunStore(tmp_path)
+    for key in ("width:2", "depth:2", "design:1"):
+        record = store.load_step(key)
+        triple = Triple.from_dict(record.sample.extra["triple"])
+        _, plan = tridim.realise(
+            base_model, triple, input_size=(1, 16, 16), data=tiny, criterion="bn_scale", seed=3
+        )
+        assert record.plan.to_dict() == plan.to_dict(), key
+        assert record.plan.width_removal == plan.width_removal
+
+
+def test_chain_collection_cuts_each_step_from_the_previous(tiny, base_model, tmp_path):
+    samples = collect(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=2,
+        collection="chain",
+        design=0,
+        epochs_per_step=0,
+        quiet=True,
+    )
+    assert len(samples) == 1 + 3 * 2
+    store = RunStore(tmp_path)
+    first, second = store.load_step("width:1").plan, store.load_step("width:2").plan
+    for name, removed in first.width_removal.items():  # step 2 keeps removing step 1's
+        assert set(removed) <= set(second.width_removal[name])
+    with pytest.raises(ValueError, match="design points are one-shot"):
+        collect(base_model, tiny, 0.5, workdir=tmp_path / "x", collection="chain", design=2)
+    with pytest.raises(ValueError, match="collection must be one of one-shot, chain"):
+        collect(base_model, tiny, 0.5, workdir=tmp_path / "y", collection="gradual")
+
+
+def _synthetic(function, n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(0.3, 1.0, size=(n, 3))
+    y = function(X) + rng.normal(0, 1e-3, n)
+    return [Sample(*x, accuracy=float(v)) for x, v in zip(X, y)]
+
+
+def test_selection_picks_the_degree_the_data_needs():
+    linear = select_on_samples(
+        _synthetic(lambda X: (0.5 + 0.5 * X[:, 0]) * (0.6 + 0.4 * X[:, 1]) * (0.7 + 0.3 * X[:, 2]))
+    )
+    curved = select_on_samples(
+        _synthetic(lambda X: (1 - (1 - X[:, 0]) ** 2) * (1 - 0.8 * (1 - X[:, 1]) ** 2))
+    )
+    assert (linear.predictor.degree, linear.predictor.rank) == (1, 1)
+    assert curved.predictor.degree >= 2
+    table = curved.to_dict()
+    scored = [c["loo_rmse"] for c in table["candidates"] if c["loo_rmse"] is not None]
+    assert scored == sorted(scored)
+    assert table["degree"] == 2 and table["rank"] == 1  # as good as degree 3, and simpler
+    with pytest.raises(ValueError, match="too few to choose a predictor"):
+        select_on_samples(_synthetic(lambda X: X[:, 0], n=4))
+
+
+def test_refinement_settles_within_a_block_a_pixel_and_a_width_step():
+    old = Triple(7 / 9, 0.80, 14 / 16)
+    assert settled(old, Triple(7 / 9, 0.80 + WIDTH_STEP / 2, 14 / 16), 9, 16)
+    assert not settled(old, Triple(6 / 9, 0.80, 14 / 16), 9, 16)
+    assert not settled(old, Triple(7 / 9, 0.80, 13 / 16), 9, 16)
+    assert not settled(old, Triple(7 / 9, 0.80 + 2 * WIDTH_STEP, 14 / 16), 9, 16)
+
+
+def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, tmp_path):
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=1,
+        design=3,
+        epochs_per_step=0,
+        final_epochs=0,
+        refine=2,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+    )
+    report = result.report
+    assert "cut in one shot" in report["samples_meaning"]
+    assert report["predictor"]["degree"] == result.predictor.degree
+    assert report["settings"]["collection"] == "one-shot" and report["settings"]["design"] == 3
+    refinements = report["refinements"]
+    assert 1 <= len(refinements) <= 2
+    assert all(not r["settled"] for r in refinements[:-1])
+    if len(refinements) < 2:
+        assert refinements[-1]["settled"]
+    errors = [abs(r["measured_accuracy"] - r["predicted_accuracy"]) for r in refinements]
+    assert report["prediction"]["mean_abs_error_at_refine"] == pytest.approx(np.mean(errors))
+    assert 0 <= report["val_accuracy"] <= 1 and not math.isnan(report["val_accuracy"])
+    assert torch.is_tensor(result.model(torch.zeros(1, 1, 16, 16)))
