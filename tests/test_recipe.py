@@ -13,7 +13,7 @@ import tridim
 from tridim.collect import collect
 from tridim.design import mixed_triples, simplex_splits
 from tridim.optimize import WIDTH_STEP, settled
-from tridim.predictor import select_on_samples
+from tridim.predictor import TooFewSamples, select_on_samples
 from tridim.samples import Sample
 from tridim.space import Triple
 from tridim.store import RunStore
@@ -107,7 +107,7 @@ def test_selection_picks_the_degree_the_data_needs():
     scored = [c["loo_rmse"] for c in table["candidates"] if c["loo_rmse"] is not None]
     assert scored == sorted(scored)
     assert table["degree"] == 2 and table["rank"] == 1  # as good as degree 3, and simpler
-    with pytest.raises(ValueError, match="too few to choose a predictor"):
+    with pytest.raises(TooFewSamples, match="too few to choose a predictor"):
         select_on_samples(_synthetic(lambda X: X[:, 0], n=4))
 
 
@@ -147,3 +147,26 @@ def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, 
     assert report["prediction"]["mean_abs_error_at_refine"] == pytest.approx(np.mean(errors))
     assert 0 <= report["val_accuracy"] <= 1 and not math.isnan(report["val_accuracy"])
     assert torch.is_tensor(result.model(torch.zeros(1, 1, 16, 16)))
+
+
+def test_too_few_samples_for_leave_one_out_fall_back_to_the_smallest_predictor(
+    tiny, base_model, tmp_path
+):
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=1,
+        design=0,
+        epochs_per_step=0,
+        final_epochs=0,
+        refine=1,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+    )
+    choice = result.report["predictor"]
+    assert (choice["degree"], choice["rank"]) == (1, 1) and "too few" in choice["rule"]
+    assert (result.predictor.degree, result.predictor.rank) == (1, 1)
+    assert abs(result.macs_ratio - 0.5) <= 0.005

@@ -351,6 +351,8 @@ def collect(
         distill=distill,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
+    if cluster == "ray":
+        context.block_gains()  # once, here: every task gets them with the context
     trials = RayTrials(context) if cluster == "ray" else None
     return run_collection(context, settings, executor=executor, cluster=trials)
 

@@ -50,7 +50,12 @@ from .distributed import barrier, is_writer, setup, world
 from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
-from .predictor import LowRankPolynomialRegressor, fit_on_samples, select_on_samples
+from .predictor import (
+    LowRankPolynomialRegressor,
+    TooFewSamples,
+    fit_on_samples,
+    select_on_samples,
+)
 from .progress import Stage
 from .report import render_report_markdown
 from .runtimes import check_runtime
@@ -306,6 +311,8 @@ def optimize(
     cost = None
     if budget is not None:
         context.latency, cost = budget, prepared
+    if cluster == "ray":
+        context.block_gains()  # once, here: every task gets them with the context
     trials = RayTrials(context) if cluster == "ray" else None
     return _Pipeline(context, collection, settings, trials, cost).run(predictor)
 
@@ -503,9 +510,21 @@ class _Pipeline:
             return fit_on_samples(
                 samples, degree=settings.degree, rank=settings.rank, random_state=seed
             )
-        selection = select_on_samples(
-            samples, degrees=settings.degree, ranks=settings.rank, random_state=seed
-        )
+        try:
+            selection = select_on_samples(
+                samples, degrees=settings.degree, ranks=settings.rank, random_state=seed
+            )
+        except TooFewSamples:
+            degree = 1 if settings.degree == "auto" else settings.degree
+            rank = 1 if settings.rank == "auto" else settings.rank
+            self.selection = {
+                "degree": degree,
+                "rank": rank,
+                "rule": f"{len(samples)} samples are too few for leave-one-out: the "
+                "smallest candidate",
+                "candidates": [],
+            }
+            return fit_on_samples(samples, degree=degree, rank=rank, random_state=seed)
         self.selection = selection.to_dict()
         return selection.predictor
 

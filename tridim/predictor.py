@@ -42,6 +42,7 @@ __all__ = [
     "fit_on_samples",
     "select_on_samples",
     "Selection",
+    "TooFewSamples",
     "EXPECTED_FAILED_CHECKS",
     "SCHEMA_VERSION",
 ]
@@ -516,6 +517,10 @@ def fit_on_samples(
     return estimator.fit(X, y)
 
 
+class TooFewSamples(ValueError):
+    """Too few samples to compare predictors by leave-one-out."""
+
+
 #: A candidate whose leave-one-out RMSE is within this factor of the best counts as as
 #: good; the simplest of those is chosen (fewer parameters swing less between samples).
 PARSIMONY = 1.25
@@ -579,8 +584,8 @@ def select_on_samples(
 
     Raises
     ------
-    ValueError
-        If no candidate has enough samples (fewer than 5 samples).
+    TooFewSamples
+        A ValueError: no candidate has enough samples (fewer than 6).
     """
     X, y = samples_to_xy(samples)
     degrees = AUTO_DEGREES if degrees == "auto" else np.atleast_1d(degrees).tolist()
@@ -601,7 +606,7 @@ def select_on_samples(
             rows.append(row)
     scored = [r for r in rows if r["loo_rmse"] is not None]
     if not scored:
-        raise ValueError(
+        raise TooFewSamples(
             f"{len(y)} samples are too few to choose a predictor by leave-one-out: the "
             "smallest candidate needs "
             f"{min(r['n_params'] for r in rows) + 2}; collect more samples or fix degree "
