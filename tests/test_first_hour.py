@@ -216,7 +216,7 @@ def test_latency_is_reported_with_its_spread(fitted_run):
 def test_quiet_runs_print_one_line_per_stage(tiny, base_model, tmp_path, capsys):
     tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
     err = capsys.readouterr().err
-    assert "tridim: collect: 3 trial(s)" in err and "tridim: collect: done in" in err
+    assert "tridim: collect: 7 trial(s)" in err and "tridim: collect: done in" in err  # 3 + 4 mixed
 
 
 def test_epoch_bars_name_their_trial(tiny, capsys):
@@ -238,7 +238,7 @@ def test_help_lists_choices_and_defaults_and_bare_tridim_exits_2(capsys):
     with pytest.raises(SystemExit):
         main(["optimize", "--help"])
     text = re.sub(r"\s+", " ", capsys.readouterr().out)
-    for expected in ("auto,bn_scale,taylor", "(default: auto", "(default: 4)", "(default: 0)"):
+    for expected in ("auto,bn_scale,taylor", "(default: auto", "(default: 2)", "(default: 0)"):
         assert expected in text
     assert "8 to 64 pixels" in text
     with pytest.raises(SystemExit):

@@ -511,7 +511,7 @@ def fit_on_samples(
         warnings.warn(
             f"{len(y)} samples for a predictor with {n_params} parameters: leave-one-out "
             "fits interpolate and the fit may swing between samples; use more samples "
-            "(rounds, design) or degree=2",
+            "(rounds, design)" + (" or a lower degree" if degree > 1 else ""),
             stacklevel=2,
         )
     return estimator.fit(X, y)
