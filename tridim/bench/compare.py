@@ -763,10 +763,15 @@ def plot(result: dict, folder: str | os.PathLike) -> list[Path]:
     paths = []
     for key, label in (("macs_ratio", "MACs ratio"), ("speedup_batch", f"speed-up, batch {batch}")):
         figure, axes = plt.subplots(figsize=(6, 4))
-        for method in METHODS:
+        for index, method in enumerate(METHODS):
             rows = [r for r in result["summary"] if r["method"] == method]
-            if rows:
-                axes.scatter([r[key] for r in rows], [r["accuracy"] for r in rows], label=method)
+            if rows:  # more methods than colours: the marker tells them apart
+                axes.scatter(
+                    [r[key] for r in rows],
+                    [r["accuracy"] for r in rows],
+                    label=method,
+                    marker="os^Dv"[index % 5],
+                )
         axes.set_xlabel(label)
         axes.set_ylabel("test accuracy")
         axes.legend(fontsize=7)
