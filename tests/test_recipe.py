@@ -119,21 +119,25 @@ def test_refinement_settles_within_a_block_a_pixel_and_a_width_step():
     assert not settled(old, Triple(7 / 9, 0.80 + 2 * WIDTH_STEP, 14 / 16), 9, 16)
 
 
-def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, tmp_path):
-    result = tridim.optimize(
-        base_model,
-        tiny,
+def _untrained_optimize(model, data, workdir, **options):
+    """optimize() at 0.5 with no finetuning: the pipeline's bookkeeping, in seconds."""
+    return tridim.optimize(
+        model,
+        data,
         0.5,
-        workdir=tmp_path,
+        workdir=workdir,
         rounds=1,
-        design=3,
         epochs_per_step=0,
         final_epochs=0,
-        refine=2,
         quiet=True,
         latency_repeats=1,
         latency_batch=4,
+        **options,
     )
+
+
+def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, tmp_path):
+    result = _untrained_optimize(base_model, tiny, tmp_path, design=3, refine=2)
     report = result.report
     assert "cut in one shot" in report["samples_meaning"]
     assert report["predictor"]["degree"] == result.predictor.degree
@@ -152,20 +156,7 @@ def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, 
 def test_too_few_samples_for_leave_one_out_fall_back_to_the_smallest_predictor(
     tiny, base_model, tmp_path
 ):
-    result = tridim.optimize(
-        base_model,
-        tiny,
-        0.5,
-        workdir=tmp_path,
-        rounds=1,
-        design=0,
-        epochs_per_step=0,
-        final_epochs=0,
-        refine=1,
-        quiet=True,
-        latency_repeats=1,
-        latency_batch=4,
-    )
+    result = _untrained_optimize(base_model, tiny, tmp_path, design=0, refine=1)
     choice = result.report["predictor"]
     assert (choice["degree"], choice["rank"]) == (1, 1) and "too few" in choice["rule"]
     assert (result.predictor.degree, result.predictor.rank) == (1, 1)

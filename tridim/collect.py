@@ -37,7 +37,7 @@ from .cluster import RayTrials, check_cluster
 from .data import DataBundle
 from .design import axis_values, mixed_triples
 from .device import Execution, model_device
-from .dims.depth import find_blocks
+from .dims.depth import block_gains, find_blocks
 from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
 from .models import spec_of
@@ -153,15 +153,8 @@ def _check_count(value, name: str, *, minimum: int | None) -> None:
         raise ValueError(f"{name} must be a {kind} integer, got {value!r}")
 
 
-def step_values(
-    target_flops_ratio: float,
-    rounds: int,
-    overshoot: float = 0.0,
-    ends: tuple[float, float, float] | None = None,
-) -> dict:
-    """The coordinate each dimension alone is pruned to at every step
-    (:func:`tridim.design.axis_values`)."""
-    return axis_values(target_flops_ratio, rounds, overshoot, ends)
+#: The coordinate each dimension alone is pruned to at every step (kept under this name).
+step_values = axis_values
 
 
 def collection_trials(
@@ -183,7 +176,7 @@ def collection_trials(
     lowest : (d, w, r)
         The model's floors; one-shot triples below them are raised to them.
     """
-    values = step_values(
+    values = axis_values(
         settings.target_flops_ratio, settings.rounds, settings.overshoot, settings.ends
     )
     if settings.collection == "chain":
@@ -351,8 +344,6 @@ def collect(
         distill=distill,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
-    if cluster == "ray":
-        context.block_gains()  # once, here: every task gets them with the context
     trials = RayTrials(context) if cluster == "ray" else None
     return run_collection(context, settings, executor=executor, cluster=trials)
 
@@ -385,13 +376,17 @@ def open_run(
     execution.place(base)  # the copy: the caller's model stays where it is
     check_criterion_fits(base, settings.criterion)
     store.open({**run_manifest(base, data, settings), **(extra_manifest or {})})
+    blocks = find_blocks(base, input_size=input_size)
+    removable = any(b.removable for b in blocks)
     return TrialContext(
         base=base,
         data=data,
         store=store,
         input_size=input_size,
         base_macs=count_macs(base, input_size),
-        base_blocks=find_blocks(base, input_size=input_size),
+        base_blocks=blocks,
+        # once, here: trials on threads share them and Ray tasks get them with the context
+        gains=block_gains(base, data, seed=settings.seed) if removable else None,
         min_side=minimum_side(base, input_size),
         target_flops_ratio=settings.target_flops_ratio,
         criterion=settings.criterion,
@@ -423,9 +418,8 @@ def run_collection(
         store.record(Sample(1.0, 1.0, 1.0, accuracy, _base_extra(settings.seed)))
     barrier()
     depth = any(b.removable for b in context.base_blocks)
-    chains = collection_trials(settings, depth=depth, lowest=floors(context))
-    if settings.collection == "one-shot" and cluster is None:
-        context.block_gains()  # once, before trials share it on an executor's threads
+    lowest = floors(context.base_blocks, context.min_side, context.input_size)
+    chains = collection_trials(settings, depth=depth, lowest=lowest)
     with Stage("collect", sum(map(len, chains)), quiet=context.quiet) as stage:
         if cluster is not None:
             cluster.run_chains(chains, stage)
@@ -440,14 +434,15 @@ def run_collection(
     return [s for s in store.samples() if s.extra.get("dimension") in kinds]
 
 
-def floors(context: TrialContext) -> tuple[float, float, float]:
-    """The lowest (d, w, r) the run's base model can be cut to."""
+def floors(blocks, min_side: int, input_size) -> tuple[float, float, float]:
+    """The lowest (d, w, r) a model can be cut to, from its blocks
+    (:func:`~tridim.dims.depth.find_blocks`) and the smallest side it runs at
+    (:func:`minimum_side`)."""
     from .dims.depth import minimum_depth
     from .dims.width import DEFAULT_MIN_KEEP
 
-    removable = any(b.removable for b in context.base_blocks)
-    lowest_d = minimum_depth(context.base_blocks) if removable else 1.0
-    lowest_r = min(1.0, context.min_side / min(context.input_size[1:]))
+    lowest_d = minimum_depth(blocks) if any(b.removable for b in blocks) else 1.0
+    lowest_r = min(1.0, min_side / min(input_size[1:]))
     return (lowest_d, DEFAULT_MIN_KEEP, lowest_r)
 
 

@@ -39,6 +39,7 @@ from .collect import (
     CollectionSettings,
     _check_count,
     depth_can_change,
+    floors,
     minimum_side,
     open_run,
     run_collection,
@@ -50,12 +51,7 @@ from .distributed import barrier, is_writer, setup, world
 from .measure import check_input_size, count_macs, count_params, measure_latency
 from .models import spec_of
 from .plan import Plan
-from .predictor import (
-    LowRankPolynomialRegressor,
-    TooFewSamples,
-    fit_on_samples,
-    select_on_samples,
-)
+from .predictor import LowRankPolynomialRegressor, choose_and_fit
 from .progress import Stage
 from .report import render_report_markdown
 from .runtimes import check_runtime
@@ -311,8 +307,6 @@ def optimize(
     cost = None
     if budget is not None:
         context.latency, cost = budget, prepared
-    if cluster == "ray":
-        context.block_gains()  # once, here: every task gets them with the context
     trials = RayTrials(context) if cluster == "ray" else None
     return _Pipeline(context, collection, settings, trials, cost).run(predictor)
 
@@ -381,13 +375,11 @@ def _prepare_latency(model, data, budget, collection, store: RunStore, execution
 
 def _ends_alone(model, size, cost, target: float) -> tuple[float, float, float]:
     """Each dimension's value that alone meets the latency target (within what it can reach)."""
-    from .dims.depth import find_blocks, minimum_depth
-    from .dims.width import DEFAULT_MIN_KEEP
+    from .dims.depth import find_blocks
 
     blocks = find_blocks(model, input_size=size)
-    lowest_d = minimum_depth(blocks) if any(b.removable for b in blocks) else 1.0
-    lowest_r = min(1.0, minimum_side(model, size) / min(size[1:]))
-    lowest = (lowest_d, max(DEFAULT_MIN_KEEP, cost.widths[0]), max(lowest_r, 0.05))
+    lowest_d, lowest_w, lowest_r = floors(blocks, minimum_side(model, size), size)
+    lowest = (lowest_d, max(lowest_w, cost.widths[0]), max(lowest_r, 0.05))
     ends = cost.alone(target, lowest)
     if float(cost(*lowest)) > target:
         raise ValueError(
@@ -505,28 +497,13 @@ class _Pipeline:
         return solve(predictor, self.target, cost=self.cost)
 
     def _fit(self, samples: list[Sample]) -> LowRankPolynomialRegressor:
-        settings, seed = self.settings, self.collection.seed
-        if "auto" not in (settings.degree, settings.rank):
-            return fit_on_samples(
-                samples, degree=settings.degree, rank=settings.rank, random_state=seed
-            )
-        try:
-            selection = select_on_samples(
-                samples, degrees=settings.degree, ranks=settings.rank, random_state=seed
-            )
-        except TooFewSamples:
-            degree = 1 if settings.degree == "auto" else settings.degree
-            rank = 1 if settings.rank == "auto" else settings.rank
-            self.selection = {
-                "degree": degree,
-                "rank": rank,
-                "rule": f"{len(samples)} samples are too few for leave-one-out: the "
-                "smallest candidate",
-                "candidates": [],
-            }
-            return fit_on_samples(samples, degree=degree, rank=rank, random_state=seed)
-        self.selection = selection.to_dict()
-        return selection.predictor
+        predictor, self.selection = choose_and_fit(
+            samples,
+            degree=self.settings.degree,
+            rank=self.settings.rank,
+            random_state=self.collection.seed,
+        )
+        return predictor
 
     def _collect(self) -> list[Sample]:
         return run_collection(self.context, self.collection, cluster=self.cluster)

@@ -41,6 +41,7 @@ __all__ = [
     "leave_one_out_residuals",
     "fit_on_samples",
     "select_on_samples",
+    "choose_and_fit",
     "Selection",
     "TooFewSamples",
     "EXPECTED_FAILED_CHECKS",
@@ -499,9 +500,7 @@ def fit_on_samples(
         Fitted.
     """
     if degree == "auto" or rank == "auto":
-        return select_on_samples(
-            samples, degrees=degree, ranks=rank, random_state=random_state
-        ).predictor
+        return choose_and_fit(samples, degree=degree, rank=rank, random_state=random_state)[0]
     X, y = samples_to_xy(samples)
     estimator = LowRankPolynomialRegressor(degree=degree, rank=rank, random_state=random_state)
     n_params = _count_params(X.shape[1], degree, rank)
@@ -515,6 +514,45 @@ def fit_on_samples(
             stacklevel=2,
         )
     return estimator.fit(X, y)
+
+
+def choose_and_fit(
+    samples: Sequence[Sample],
+    *,
+    degree: int | str = "auto",
+    rank: int | str = "auto",
+    random_state: int = 0,
+) -> tuple[LowRankPolynomialRegressor, dict | None]:
+    """Fit the predictor, choosing ``"auto"`` degree and rank by leave-one-out.
+
+    With too few samples to compare candidates, the smallest (degree 1, rank 1, or the
+    fixed one) is fitted and the choice says so.
+
+    Returns
+    -------
+    predictor : LowRankPolynomialRegressor
+        Fitted.
+    choice : dict or None
+        :meth:`Selection.to_dict`, or None when degree and rank were both fixed.
+    """
+    if "auto" not in (degree, rank):
+        return fit_on_samples(samples, degree=degree, rank=rank, random_state=random_state), None
+    try:
+        selection = select_on_samples(
+            samples, degrees=degree, ranks=rank, random_state=random_state
+        )
+    except TooFewSamples:
+        degree = 1 if degree == "auto" else degree
+        rank = 1 if rank == "auto" else rank
+        choice = {
+            "degree": degree,
+            "rank": rank,
+            "rule": f"{len(samples)} samples are too few for leave-one-out: the smallest candidate",
+            "candidates": [],
+        }
+        predictor = fit_on_samples(samples, degree=degree, rank=rank, random_state=random_state)
+        return predictor, choice
+    return selection.predictor, selection.to_dict()
 
 
 class TooFewSamples(ValueError):

@@ -134,15 +134,9 @@ class TrialContext:
     quiet: bool = False
     execution: Execution = field(default_factory=Execution)
     latency: LatencyBudget | None = None
+    #: The base model's block gains (linear probes), once per run; None without
+    #: removable blocks.
     gains: list | None = None
-
-    def block_gains(self) -> list | None:
-        """The base model's block gains (linear probes), computed once per run."""
-        if self.gains is None and any(b.removable for b in self.base_blocks):
-            from .dims.depth import block_gains
-
-            self.gains = block_gains(self.base, self.data, seed=self.seed)
-        return self.gains
 
 
 @dataclass
@@ -309,7 +303,7 @@ def _cut(
 ) -> tuple[ResolutionWrapper, Plan]:
     if trial.triple is None:
         return _cut_step(trial, context, parent)
-    gains = context.block_gains() if trial.triple.d < 1 else None
+    gains = context.gains if trial.triple.d < 1 else None
     common = dict(data=context.data, criterion=context.criterion, gains=gains, seed=context.seed)
     # a private copy: trials on an executor's threads must not hook the same modules
     base = copy.deepcopy(context.base)
