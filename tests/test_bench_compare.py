@@ -152,3 +152,24 @@ def test_rerun_with_other_settings_is_refused(quick_run, capsys):
     finally:
         settings.write_text(stored)
     assert "other settings (final_epochs 5 -> 2)" in capsys.readouterr().err
+
+
+def test_options_given_with_quick_win_over_its_defaults(monkeypatch, tmp_path):
+    import tridim.bench.compare as compare
+
+    seen = {}
+
+    def record(data, model, **options):
+        seen.update(options, data=data)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(compare, "run_compare_bench", record)
+    arguments = ["bench", "compare", "--quick", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        main([*arguments, "--data", "fashion-mnist", "--targets", "0.3", "--final-epochs", "4"])
+    assert seen["data"] == "fashion-mnist"
+    assert seen["targets"] == (0.3,) and seen["final_epochs"] == 4
+    assert seen["seeds"] == 1 and seen["rounds"] == 1  # --quick's, where none was given
+    with pytest.raises(SystemExit):
+        main([*arguments, "--train-subset", "500"])
+    assert seen["subset"]["train"] == 500 and seen["targets"] == (0.5,)

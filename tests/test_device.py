@@ -134,6 +134,17 @@ def test_optimize_runs_on_a_gpu(tiny, base_model, tmp_path, precision):
 
 
 @needs_cuda
+def test_onnx_export_of_a_model_left_on_a_gpu(tmp_path):
+    from tridim.dims.resolution import ResolutionWrapper
+    from tridim.io import export_onnx
+
+    model = ResolutionWrapper(models.build("resnet20", 10, 1), (12, 12), (1, 16, 16)).cuda()
+    path = export_onnx(model, tmp_path / "m.onnx", (1, 16, 16))
+    assert path.stat().st_size > 10_000
+    assert model_device(model).type == "cuda"
+
+
+@needs_cuda
 def test_latency_on_a_gpu_uses_cuda_events():
     model = models.build("resnet18", 10, 3)
     timing = measure_latency(model, (3, 64, 64), 8, repeats=5, device="cuda", precision="fp16")

@@ -155,7 +155,27 @@ def test_killed_collection_resumes_without_loss_or_duplicates(tiny, base_model, 
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
 
 
+def _as_given(model: torch.nn.Module) -> tuple:
+    """Everything about a caller's model that tridim must leave as it found it."""
+    modes = {name: module.training for name, module in model.named_modules()}
+    tensors = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    return modes, tensors, {value.device for value in tensors.values()}
+
+
+def _assert_unchanged(model: torch.nn.Module, given: tuple) -> None:
+    modes, tensors, devices = _as_given(model)
+    assert modes == given[0]
+    assert devices == given[2]
+    assert tensors.keys() == given[1].keys()
+    for name, value in tensors.items():
+        assert torch.equal(value, given[1][name]), name
+
+
 def test_optimize_end_to_end_and_reuse(tiny, base_model, tmp_path):
+    modes = {module: module.training for module in base_model.modules()}
+    base_model.train()
+    base_model.layer1.eval()  # a caller's model half in eval mode must come back so
+    given = _as_given(base_model)
     result = tridim.optimize(
         base_model,
         tiny,
@@ -213,6 +233,9 @@ def test_optimize_end_to_end_and_reuse(tiny, base_model, tmp_path):
     assert again.report["seconds"]["collect"] == 0.0
     assert not (tmp_path / "reuse" / JOURNAL_NAME).exists()
     assert abs(again.macs_ratio - 0.3) <= 0.01 * 0.3 + 1e-9
+    _assert_unchanged(base_model, given)
+    for module, training in modes.items():
+        module.training = training
 
 
 def test_onnx_export_matches_pytorch(tiny, base_model, tmp_path):

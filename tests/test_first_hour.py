@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from conftest import randomise_batchnorm
 import tridim
 from tridim import models
 from tridim.cli import main
+from tridim.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,6 +93,17 @@ def test_budget_outside_the_reused_predictor_is_refused_before_training(
 # ---------------------------------------------------------------------- 2. realise rounding
 
 
+def test_cli_solve_picks_the_triple_optimize_picked(fitted_run, capsys):
+    """`tridim solve` on a run's predictor solves with the run's measured-MACs cost, so
+    it prints the triple `optimize` chose, not the d*w^2*r^2 optimum."""
+    workdir, result = fitted_run
+    assert main(["solve", str(workdir / "predictor.json"), "--target", "0.5", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["cost"] == "the run's measured macs (cost.json)"
+    solved = [printed["triple"][k] for k in "dwr"]
+    assert solved == pytest.approx(list(result.solution.triple.as_tuple()), abs=1e-6)
+
+
 def test_realise_rounds_depth_and_resolution_so_width_can_still_meet_the_budget(digits):
     model = randomise_batchnorm(models.build("resnet20", 10, 1)).eval()
     # 6.46 of 9 blocks -> 6, 13.3 px -> 13: (6/9) * (13/16)^2 = 0.44 < 0.5 on their own
@@ -154,6 +167,54 @@ def test_cli_names_the_differing_setting_before_training(fitted_run, tmp_path, c
     assert not (store / "base").exists()  # the refusal came before training a base model
 
 
+def test_force_deletes_the_run_and_nothing_else(fitted_run, tmp_path):
+    folder = tmp_path / "project"
+    shutil.copytree(fitted_run[0], folder)
+    (folder / "index.html").write_text("<p>the user's own page</p>")
+    (folder / "assets").mkdir()
+    (folder / "assets" / "logo.svg").write_text("<svg/>")
+    assert len(list(folder.iterdir())) > 4  # the run wrote its own files beside them
+    RunStore(folder).clear()
+    assert sorted(p.name for p in folder.iterdir()) == ["assets", "index.html"]
+    assert (folder / "assets" / "logo.svg").is_file()
+    RunStore(fitted_run[0]).check({})  # the original run is untouched
+    only_run = tmp_path / "only-run"
+    shutil.copytree(fitted_run[0], only_run)
+    RunStore(only_run).clear()
+    assert not only_run.exists()
+
+
+def test_force_refuses_a_folder_whose_manifest_is_not_tridims(tmp_path, capsys):
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "manifest.json").write_text(json.dumps({"name": "My app", "start_url": "/"}))
+    (web / "index.html").write_text("<p>hello</p>")
+    status = main(["optimize", "--workdir", str(web), "--force", "--target", "0.5"])
+    assert status == 2
+    assert "not a tridim run's manifest" in capsys.readouterr().err
+    assert sorted(p.name for p in web.iterdir()) == ["index.html", "manifest.json"]
+
+
+def test_a_base_model_cached_on_other_data_is_refused(fitted_run, tmp_path, capsys):
+    """A ResNet-20 trained on Fashion-MNIST fits a digits run's shapes: only the data it
+    was trained on, stored with it, can tell that it must not serve this run."""
+    from tridim.train import save_checkpoint
+
+    old = tmp_path / "old-run"
+    old.mkdir()
+    shutil.copy(fitted_run[0] / "predictor.json", old / "predictor.json")
+    fashion = {"name": "fashion-mnist", "input_shape": [1, 28, 28], "num_classes": 10}
+    save_checkpoint(
+        old / "base" / "resnet20-e1-s0.pt", models.build("resnet20", 10, 1), data=fashion
+    )
+    arguments = ["optimize", "--predictor", str(old / "predictor.json"), "--base-epochs", "1"]
+    status = main([*arguments, "--target", "0.5", "--workdir", str(tmp_path / "new")])
+    assert status == 2
+    assert "was trained on fashion-mnist (1, 28, 28), not on this run's digits" in (
+        capsys.readouterr().err
+    )
+
+
 # ---------------------------------------------------------------------- 4. no tracebacks
 
 
@@ -163,6 +224,22 @@ def _cli_error(arguments: list[str], capsys) -> str:
     assert status == 2, captured
     assert "Traceback" not in captured.err
     return captured.err.strip()
+
+
+def test_a_bug_shows_its_traceback_not_a_one_line_user_error(monkeypatch, tmp_path, capsys):
+    """A ValueError from deep inside a library is a case tridim failed to check: hiding it
+    as a one-line 'error:' would send the user hunting for a mistake they did not make."""
+    import numpy as np
+
+    def buggy_load(path):
+        return np.reshape(np.arange(6), (4, 4))  # numpy raises the ValueError
+
+    monkeypatch.setattr("tridim.predictor.LowRankPolynomialRegressor.load", buggy_load)
+    with pytest.raises(ValueError, match="cannot reshape"):
+        main(["solve", str(tmp_path / "predictor.json"), "--target", "0.5"])
+    assert "internal error" in capsys.readouterr().err
+    monkeypatch.undo()  # the same command's own check of the user's input stays one line
+    assert main(["solve", str(tmp_path / "missing.json"), "--target", "1.5"]) == 2
 
 
 def test_cli_user_errors_are_one_line(tmp_path, capsys):

@@ -66,6 +66,18 @@ def test_macs_cost_model_is_the_measured_macs_at_grid_points(base):
     assert np.all(np.diff(values) > 0)  # more of a dimension never costs less
 
 
+def test_cost_model_reads_back_from_its_description(base):
+    cost = CostModel(base, SIZE, macs_cost, widths=(0.3, 0.6, 1.0), resolutions=(0.5, 1.0))
+    again = CostModel.from_dict(json.loads(json.dumps(cost.describe())))
+    points = np.random.default_rng(0).uniform(0.2, 1.0, size=(3, 50))
+    assert np.allclose(again(*points), cost(*points), rtol=1e-12)
+    broken = {**cost.describe(), "widths": [0.6, 0.3, 1.0]}
+    with pytest.raises(ValueError, match="cost.json is not a tridim cost model"):
+        CostModel.from_dict(broken, source="cost.json")
+    with pytest.raises(ValueError, match="cost.json is not a tridim cost model"):
+        CostModel.from_dict({"name": "macs"}, source="cost.json")
+
+
 def test_latency_table_is_monotone_and_reloads(base, tmp_path):
     table = LatencyTable("cpu", 2, threads=1, repeats=3)
     fit = table.calibrate([base, with_resolution(base, 0.5, SIZE)], SIZE)
@@ -115,6 +127,19 @@ def test_realise_to_latency_keeps_a_candidate_that_measured_within_budget(base):
     beyond = LatencyBudget(target_speedup=1000, batch_size=2, threads=1, repeats=3)
     with pytest.raises(ValueError, match="no width meets the latency budget at d=1.000"):
         realise_to_latency(base, (1, 1, 0.75), beyond, input_size=SIZE)
+
+
+def test_an_absolute_budget_aims_at_the_base_latency_measured_once(base, monkeypatch):
+    """Each trial of a run aims at target_ms / the base's latency measured when the budget
+    was prepared; re-timing the base per trial would move the target with the clock."""
+
+    def no_retiming(*args, **kwargs):
+        raise AssertionError("the base model was timed again")
+
+    monkeypatch.setattr(LatencyBudget, "time_ms", no_retiming)
+    budget = LatencyBudget(target_latency_ms=2.0, batch_size=8, threads=1, repeats=4)
+    _, _, measured = realise_to_latency(base, (1, 1, 0.75), budget, input_size=SIZE, base_ms=2.5)
+    assert measured["target_ratio"] == pytest.approx(2.0 / 2.5)
 
 
 @pytest.mark.parametrize(

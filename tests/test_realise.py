@@ -187,3 +187,20 @@ def test_bad_plans(models):
         apply_plan(build("resnet20", 10, 1), Plan.from_dict({**data, "macs": 1}))
     with pytest.raises(TypeError):
         apply_plan(build("resnet20", 10, 1), data)
+
+
+def test_width_too_coarse_at_every_size_is_a_clear_error():
+    """Two channels cannot land within 1% of 0.8 at 32, 31 or 30 pixels: say so (this
+    used to end in an UnboundLocalError once the full-resolution sizes ran out)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 2, 3, padding=1),
+        torch.nn.BatchNorm2d(2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(2, 3),
+    ).eval()
+    net[1].weight.data = torch.tensor([1.0, 0.2])
+    with pytest.raises(ValueError, match=r"every input size tried \(32x32, 31x31, 30x30\)"):
+        realise(net, (1, 1, 1), input_size=(1, 32, 32), target_flops_ratio=0.8)

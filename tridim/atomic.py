@@ -39,6 +39,9 @@ def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Binar
     path.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600): give it the mode open() would, so a run
+        # folder on a shared filesystem is readable by whom the user's umask allows
+        os.chmod(temporary, 0o666 & ~_umask())
         with os.fdopen(descriptor, "wb") as handle:
             if callable(content):
                 content(handle)
@@ -52,6 +55,20 @@ def atomic_write(path: str | os.PathLike, content: str | bytes | Callable[[Binar
             os.unlink(temporary)
         raise
     return path
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but brief)
+    os.umask(current)
+    return current
 
 
 def atomic_write_json(path: str | os.PathLike, value: Any, *, indent: int | None = 2) -> Path:

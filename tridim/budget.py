@@ -282,6 +282,7 @@ def realise_to_latency(
     criterion: str = "bn_scale",
     gains=None,
     seed: int = 0,
+    base_ms: float | None = None,
 ) -> tuple[ResolutionWrapper, Plan, dict]:
     """Realise ``triple``'s depth and resolution, then the width that meets ``budget``.
 
@@ -290,6 +291,10 @@ def realise_to_latency(
     bisecting in ``log w`` from the triple's own ``w``, until the measured latency ratio
     is within the budget's tolerance (at most :data:`MAX_ATTEMPTS` candidates). The widest
     candidate that meets the budget is kept.
+
+    ``base_ms`` is the base model's latency measured when the budget was prepared
+    (:attr:`PreparedBudget.base_ms`): an absolute budget's ratio is taken from it, so every
+    trial aims at the same ratio. Without it the base model is timed here.
 
     Returns
     -------
@@ -311,7 +316,9 @@ def realise_to_latency(
     if requested.d < 1 and gains is None and data is not None:
         gains = block_gains(model, data, seed=seed)
     absolute = budget.target_latency_ms is not None
-    target = budget.ratio(budget.time_ms(model, size) if absolute else math.nan)
+    if absolute and base_ms is None:
+        base_ms = budget.time_ms(model, size)
+    target = budget.ratio(base_ms if absolute else math.nan)
 
     def attempt(w: float):
         wrapped, plan = realise(

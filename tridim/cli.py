@@ -420,25 +420,27 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
 def _open_workdir(args: argparse.Namespace, bundle, sections: dict):
     """The run folder, checked against the run's settings before any training.
 
-    ``--force`` empties a folder that holds another tridim run first.
+    ``--force`` deletes the tridim run a folder holds first (and nothing else).
     """
-    import shutil
-
     from .distributed import barrier
     from .store import RunStore
 
     workdir = _workdir(args)
     store = RunStore(workdir)  # refuses a file
-    if getattr(args, "force", False) and store.file("manifest.json").is_file() and store.writes:
-        shutil.rmtree(workdir)
+    if getattr(args, "force", False):
+        store.clear()
     barrier()  # under torchrun the other ranks check the folder rank 0 has emptied
-    data = {
+    store.check({"data": _data_identity(bundle), **sections})
+    return store
+
+
+def _data_identity(bundle) -> dict:
+    """What a run folder and a cached base model record of the data they were made on."""
+    return {
         "name": bundle.name,
         "input_shape": list(bundle.input_shape),
         "num_classes": bundle.num_classes,
     }
-    store.check({"data": data, **sections})
-    return store
 
 
 def _read_weights(path: Path, model, name: str) -> None:
@@ -467,11 +469,13 @@ def _read_weights(path: Path, model, name: str) -> None:
 def _base_cache(args: argparse.Namespace, workdir: Path) -> Path:
     """Where the trained base model is cached: the workdir's, or that of the run whose
     predictor is reused (so reusing a predictor never trains the base model again)."""
+    from .store import BASE
+
     name = f"{args.model}-e{args.base_epochs}-s{args.seed}.pt"
-    cache = workdir / "base" / name
+    cache = workdir / BASE / name
     predictor = getattr(args, "predictor", None)
     if not cache.is_file() and predictor:
-        beside = Path(predictor).parent / "base" / name
+        beside = Path(predictor).parent / BASE / name
         if beside.is_file():
             return beside
     return cache
@@ -490,8 +494,19 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
     cache = _base_cache(args, workdir)
     barrier()  # under torchrun every rank sees the same cache
     if cache.is_file():
-        load_checkpoint(cache, model)
-        return model
+        trained_on = load_checkpoint(cache, model).get("data")
+        if trained_on == _data_identity(bundle):
+            return model
+        if trained_on is not None:
+            raise ValueError(
+                f"the cached base model {cache} was trained on {trained_on['name']} "
+                f"{tuple(trained_on['input_shape'])}, not on this run's {bundle.name} "
+                f"{tuple(bundle.input_shape)}: reuse a predictor fitted on {bundle.name}, "
+                "or give --weights"
+            )
+        cache = workdir / cache.relative_to(cache.parent.parent)  # unknown data: train anew
+        seed_everything(args.seed)
+        model = models.build(args.model, bundle.num_classes, bundle.input_shape[0])
     if is_writer():
         print(
             f"training the base {args.model} for {args.base_epochs} epochs (cached in {cache})",
@@ -511,7 +526,7 @@ def _base_model(args: argparse.Namespace, bundle, workdir: Path):
         **_execution_options(args),
     )
     if is_writer():
-        save_checkpoint(cache, model)
+        save_checkpoint(cache, model, data=_data_identity(bundle))
         partial.unlink(missing_ok=True)
     barrier()
     return model
@@ -521,7 +536,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
     from . import data as datasets
     from .cluster import check_cluster
-    from .optimize import OptimizeSettings, check_predictor_covers, optimize
+    from .optimize import OptimizeSettings, check_predictor_covers, optimize, run_cost
     from .predictor import LowRankPolynomialRegressor
     from .report import render_report_markdown
 
@@ -534,7 +549,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
     )
     predictor = LowRankPolynomialRegressor.load(args.predictor) if args.predictor else None
     if predictor is not None and args.target is not None:
-        check_predictor_covers(predictor, collection.target_flops_ratio)
+        check_predictor_covers(predictor, collection.target_flops_ratio, run_cost(args.predictor))
     bundle = datasets.load(args.data, **_data_options(args))
     collection = _collection_settings(args, bundle)
     sections = {"optimize": settings.manifest()}
@@ -759,9 +774,11 @@ def _add_solve(subparsers) -> None:
     parser = subparsers.add_parser(
         "solve",
         help="best (d, w, r) for FLOPs budgets",
-        description="Maximise the predicted accuracy subject to d * w^2 * r^2 = target, "
-        "within the range the predictor's samples cover. The multiplier is accuracy per "
-        "unit of log-FLOPs (dF*/d ln T).",
+        description="Maximise the predicted accuracy subject to cost(d, w, r) = target, "
+        "within the range the predictor's samples cover. The cost is the one `tridim "
+        "optimize` solved with (the run folder's cost.json: measured MACs, or predicted "
+        "latency for a latency budget), else d * w^2 * r^2. The multiplier is accuracy per "
+        "unit of log-cost (dF*/d ln T).",
     )
     parser.add_argument("predictor", help="predictor JSON written by `tridim fit`")
     parser.add_argument(
@@ -772,15 +789,19 @@ def _add_solve(subparsers) -> None:
 
 
 def _run_solve(args: argparse.Namespace) -> int:
+    from .optimize import run_cost
     from .predictor import LowRankPolynomialRegressor
     from .solver import pareto
 
     predictor = LowRankPolynomialRegressor.load(args.predictor)
-    solutions = pareto(predictor, args.target)
+    cost = run_cost(args.predictor)
+    solutions = pareto(predictor, args.target, cost=cost)
+    cost_name = "d*w^2*r^2" if cost is None else f"the run's measured {cost.name} (cost.json)"
     if args.json:
         for solution in solutions:
-            print(json.dumps(solution.to_dict()))
+            print(json.dumps({**solution.to_dict(), "cost": cost_name}))
         return 0
+    print(f"cost: {cost_name}")
     rows = [
         {
             "target": s.target_flops_ratio,
@@ -994,55 +1015,96 @@ def _run_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``bench compare``'s settings: the full benchmark's, and ``--quick``'s (digits-sized,
+#: minutes). An option given on the command line wins over either.
+COMPARE_DEFAULTS = {
+    "targets": [0.5, 0.3],
+    "seeds": 2,
+    "final_epochs": 8,
+    "base_epochs": "plateau",
+    "base_patience": 3,
+    "max_base_epochs": 60,
+    "rounds": 2,
+    "design": 4,
+    "refine": 3,
+    "epochs_per_step": 2,
+    "sparse_epochs": 2,
+    "latency_batch": 64,
+}
+QUICK_COMPARE_DEFAULTS = {
+    "targets": [0.5],
+    "seeds": 1,
+    "final_epochs": 2,
+    "base_epochs": "plateau",  # at most 8 epochs, as the fixed 8 it replaced
+    "base_patience": 1,
+    "max_base_epochs": 8,
+    "rounds": 1,
+    "design": 2,
+    "refine": 1,
+    "epochs_per_step": 1,
+    "sparse_epochs": 1,
+    "latency_batch": 16,
+}
+QUICK_SUBSET = {"train": 384, "val": 128, "test": 256}
+
+
 def _add_bench_compare(benches) -> None:
     parser = benches.add_parser(
         "compare",
         help="tridim against one dimension, Torch-Pruning, scratch and a grid, at equal MACs",
         description="From one base model (trained once, cached), fill one cell per method, "
         "target and seed, each stored in --out as it finishes (a re-run skips finished "
-        "cells); then print the table, write JSON, summary.md and two plots.",
+        "cells); then print the table, write JSON, summary.md and two plots. --quick "
+        "changes the defaults below to minutes-sized ones (digits slices of "
+        f"{QUICK_SUBSET['train']}/{QUICK_SUBSET['val']}/{QUICK_SUBSET['test']} images); "
+        "options given with it still win.",
     )
     _add_model_data_args(parser)
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.3])
-    parser.add_argument("--seeds", type=int, default=2, help="seeds per target (default 2)")
-    parser.add_argument("--final-epochs", type=int, default=8, help="default 8")
-    parser.add_argument(
+
+    def option(flag: str, help: str, **kwargs) -> None:
+        key = flag[2:].replace("-", "_")
+        full, quick = COMPARE_DEFAULTS[key], QUICK_COMPARE_DEFAULTS[key]
+        shown = " ".join(map(str, full)) if isinstance(full, list) else full
+        quick_shown = " ".join(map(str, quick)) if isinstance(quick, list) else quick
+        help = f"{help} (default {shown}; --quick: {quick_shown})".lstrip()
+        parser.add_argument(flag, default=None, help=help, **kwargs)
+
+    option("--targets", "MACs ratios", type=float, nargs="+")
+    option("--seeds", "seeds per target", type=int)
+    option("--final-epochs", "", type=int)
+    option(
         "--base-epochs",
+        "base training: 'plateau' (SGD at lr 0.05, divided by 10 when val accuracy "
+        "plateaus, stopped at the plateau after two divisions) or a number of epochs under "
+        "a cosine schedule",
         type=_epochs_or_plateau,
-        default="plateau",
-        help="base training: 'plateau' (default: SGD at lr 0.05, divided by 10 when val "
-        "accuracy plateaus, stopped at the plateau after two divisions) or a number of "
-        "epochs under a cosine schedule",
     )
-    parser.add_argument(
+    option(
         "--base-patience",
+        "plateau: epochs without a val accuracy gain above 0.001 before the lr is divided",
         type=int,
-        default=3,
-        help="plateau: epochs without a val accuracy gain above 0.001 before the lr is "
-        "divided (default 3)",
     )
-    parser.add_argument(
-        "--max-base-epochs", type=int, default=60, help="plateau: at most this many (default 60)"
-    )
-    parser.add_argument("--rounds", type=int, default=2, help="tridim axis samples (default 2)")
-    parser.add_argument("--design", type=int, default=4, help="tridim mixed samples (default 4)")
-    parser.add_argument("--refine", type=int, default=3, help="tridim refine, at most (default 3)")
+    option("--max-base-epochs", "plateau: at most this many", type=int)
+    option("--rounds", "tridim axis samples", type=int)
+    option("--design", "tridim mixed samples", type=int)
+    option("--refine", "tridim refine, at most", type=int)
     parser.add_argument(
         "--criterion",
         default="auto",
         choices=_criteria(),
         help="width criterion of tridim, width-only and the grid (default auto)",
     )
-    parser.add_argument("--epochs-per-step", type=int, default=2, help="default 2")
-    parser.add_argument(
-        "--sparse-epochs", type=int, default=2, help="Torch-Pruning BN-scale sparse training"
-    )
-    parser.add_argument("--latency-batch", type=int, default=64, help="default 64")
+    option("--epochs-per-step", "", type=int)
+    option("--sparse-epochs", "Torch-Pruning BN-scale sparse training", type=int)
+    option("--latency-batch", "", type=int)
     parser.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
-    parser.add_argument("--train-subset", type=int, default=None, help="train on this many")
     parser.add_argument(
-        "--quick", action="store_true", help="digits, tiny slices, 1 epoch each (minutes)"
+        "--train-subset",
+        type=int,
+        default=None,
+        help=f"train on this many (default all; --quick: {QUICK_SUBSET['train']})",
     )
+    parser.add_argument("--quick", action="store_true", help="minutes-sized defaults (see above)")
     parser.add_argument("--out", default="runs/bench-compare", help="cells and run folders")
     parser.add_argument("--quiet", action="store_true", help="hide progress bars")
     parser.add_argument("--json-out", help="write the full result as JSON here")
@@ -1065,42 +1127,22 @@ def _epochs_or_plateau(text: str) -> int | str:
 def _run_bench_compare(args: argparse.Namespace) -> int:
     from .bench.compare import METHODS, plot, render_markdown, run_compare_bench
 
-    options = dict(
-        targets=tuple(args.targets),
-        seeds=args.seeds,
-        final_epochs=args.final_epochs,
-        base_epochs=args.base_epochs,
-        base_patience=args.base_patience,
-        max_base_epochs=args.max_base_epochs,
-        rounds=args.rounds,
-        design=args.design,
-        refine=args.refine,
+    defaults = QUICK_COMPARE_DEFAULTS if args.quick else COMPARE_DEFAULTS
+    options = {
+        key: default if getattr(args, key) is None else getattr(args, key)
+        for key, default in defaults.items()
+    }
+    options.update(
+        targets=tuple(options["targets"]),
         criterion=args.criterion,
-        epochs_per_step=args.epochs_per_step,
-        sparse_epochs=args.sparse_epochs,
-        latency_batch=args.latency_batch,
         methods=tuple(args.methods or METHODS),
         train_subset=args.train_subset,
     )
     data = args.data
     if args.quick:
-        data = "digits"
-        options.update(
-            targets=(0.5,),
-            seeds=1,
-            final_epochs=2,
-            base_epochs="plateau",  # at most 8 epochs, as the fixed 8 it replaced
-            base_patience=1,
-            max_base_epochs=8,
-            rounds=1,
-            design=2,
-            refine=1,
-            epochs_per_step=1,
-            sparse_epochs=1,
-            latency_batch=16,
-            latency_repeats=3,
-            subset={"train": 384, "val": 128, "test": 256},
-        )
+        train = QUICK_SUBSET["train"] if args.train_subset is None else args.train_subset
+        options.update(latency_repeats=3, subset={**QUICK_SUBSET, "train": train})
+        options["train_subset"] = None
     result = run_compare_bench(
         data,
         args.model,
@@ -1371,12 +1413,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_tridim(error: BaseException) -> bool:
+    """Whether tridim's own code raised ``error`` (a message written for the user), not a
+    library deep inside a call (torch, numpy: a case tridim failed to check)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return False
+    return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_FOLDER)
+
+
+PACKAGE_FOLDER = Path(__file__).resolve().parent
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tridim`` command; returns the exit status.
 
     A user error (bad argument, missing or malformed file, a run folder of another run)
-    prints one line and returns 2; ``--debug`` shows the traceback instead. An
-    interrupted run returns 130 and says how to resume.
+    prints one line and returns 2; ``--debug`` shows the traceback instead. A
+    ``ValueError`` or ``TypeError`` raised outside tridim's own code is a bug, not a user
+    error: it is re-raised with its traceback. An interrupted run returns 130 and says how
+    to resume.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -1385,8 +1443,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, OSError, ImportError) as error:
+    except (ValueError, TypeError, OSError, ImportError) as error:
         if args.debug:
+            raise
+        if isinstance(error, (ValueError, TypeError)) and not _raised_by_tridim(error):
+            print(
+                f"tridim {args.command}: internal error (a bug in tridim, or an input it "
+                "should have checked): please report it with this traceback",
+                file=sys.stderr,
+            )
             raise
         print(f"tridim {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -10,13 +10,21 @@ loses no finished trial and a re-run resumes.
 Each task asks for a share of the cluster's CPUs (and one GPU each when the run's device
 is a GPU) and sets PyTorch's thread count to its CPU share, so tasks sharing a machine
 never oversubscribe its cores. The driver connects to ``RAY_ADDRESS`` if set, else starts
-a local Ray.
+a local Ray, and shuts down what it started when the run ends (:func:`ray_trials`). When a
+task fails, the tasks still pending are cancelled before the error is raised.
+
+Each task keeps its per-epoch checkpoint at the run folder's path for it, so a task that
+is killed and re-run resumes from its last epoch. That needs the run folder on storage the
+workers see (the driver's machine, or a shared filesystem); elsewhere a task restarts
+from its first epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -31,7 +39,7 @@ from .trial import (
     stored_trial,
 )
 
-__all__ = ["RayTrials", "CLUSTERS", "check_cluster"]
+__all__ = ["RayTrials", "CLUSTERS", "check_cluster", "ray_trials"]
 
 #: Accepted ``cluster`` values: None (this process) or ``"ray"``.
 CLUSTERS = (None, "ray")
@@ -56,11 +64,22 @@ def _ray():
     return ray
 
 
-def _execute_remote(trial: Trial, context: TrialContext, parent, threads: int):
+@contextlib.contextmanager
+def ray_trials(context: TrialContext, cluster: str | None) -> Iterator[RayTrials | None]:
+    """The run's :class:`RayTrials` when ``cluster == "ray"`` (else None), closed at the end."""
+    trials = RayTrials(context) if cluster == "ray" else None
+    try:
+        yield trials
+    finally:
+        if trials is not None:
+            trials.close()
+
+
+def _execute_remote(trial: Trial, context: TrialContext, parent, threads: int, checkpoint):
     """The task body: run the trial on this worker with its share of the CPU."""
     torch.set_num_threads(threads)
     context.execution.place(context.base)
-    result = execute_trial(trial, context, parent)
+    result = execute_trial(trial, context, parent, checkpoint_path=checkpoint)
     weights = {k: v.detach().cpu() for k, v in result.model.state_dict().items()}
     return result.sample, result.plan, weights, result.seconds
 
@@ -79,7 +98,8 @@ class RayTrials:
 
     def __init__(self, context: TrialContext, concurrency: int = 3) -> None:
         ray = _ray()
-        if not ray.is_initialized():
+        self.started = not ray.is_initialized()
+        if self.started:
             ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=False)
         self.ray, self.context = ray, context
         self.threads = _task_cpus(ray, concurrency)
@@ -93,10 +113,17 @@ class RayTrials:
         )
         self.shared = ray.put(remote_context)
 
+    def close(self) -> None:
+        """Shut Ray down if this object started it (a Ray the caller started stays up)."""
+        if self.started and self.ray.is_initialized():
+            self.ray.shutdown()
+        self.started = False
+
     def submit(self, trial: Trial):
         """Start ``trial`` as a task; returns its Ray object reference."""
         parent = parent_of(trial, self.context)
-        return self.task.remote(trial, self.shared, parent, self.threads)
+        checkpoint = str(self.context.store.checkpoint_path(trial.key))
+        return self.task.remote(trial, self.shared, parent, self.threads, checkpoint)
 
     def finish(self, trial: Trial, reference, *, keep_model: bool = False) -> TrialResult:
         """Wait for a task, store its trial, and return the result."""
@@ -129,14 +156,19 @@ class RayTrials:
                     return
                 stage.advance(f"{trial.key} (stored)")
 
-        for queue in queues:
-            start_next(queue)
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            trial, queue = pending.pop(done[0])
-            result = self.finish(trial, done[0])
-            stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
-            start_next(queue)
+        try:
+            for queue in queues:
+                start_next(queue)
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                trial, queue = pending.pop(done[0])
+                result = self.finish(trial, done[0])
+                stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
+                start_next(queue)
+        except BaseException:  # a failed task, or Ctrl-C: no task may run on unwatched
+            for reference in pending:
+                self.ray.cancel(reference, force=True)
+            raise
 
 
 def _task_cpus(ray, concurrency: int) -> int:

@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .cluster import RayTrials, check_cluster
+from .cluster import RayTrials, check_cluster, ray_trials
 from .data import DataBundle
 from .design import axis_values, mixed_triples
-from .device import Execution, model_device
+from .device import Execution, eval_mode, model_device
 from .dims.depth import block_gains, find_blocks
 from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
@@ -344,8 +344,8 @@ def collect(
         distill=distill,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
-    trials = RayTrials(context) if cluster == "ray" else None
-    return run_collection(context, settings, executor=executor, cluster=trials)
+    with ray_trials(context, cluster) as trials:
+        return run_collection(context, settings, executor=executor, cluster=trials)
 
 
 def open_run(
@@ -503,8 +503,8 @@ def minimum_side(model: nn.Module, input_size, floor: int | None = None) -> int:
 
     def runs(side: int) -> bool:
         try:
-            with torch.no_grad():
-                model.eval()(torch.zeros(1, channels, side, side, device=model_device(model)))
+            with torch.no_grad(), eval_mode(model):
+                model(torch.zeros(1, channels, side, side, device=model_device(model)))
         except RuntimeError:
             return False
         return True

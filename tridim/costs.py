@@ -110,11 +110,60 @@ class CostModel:
                     else:
                         fixed[i, j] += cost
         fixed += overhead
-        self.fixed, self.movable = _monotone(fixed), _monotone(movable)
+        self._set_grid(_monotone(fixed), _monotone(movable))
+
+    def _set_grid(self, fixed: np.ndarray, movable: np.ndarray) -> None:
+        self.fixed, self.movable = fixed, movable
         self.base_cost = float(self.fixed[-1, -1] + self.movable[-1, -1])
         grid = (np.log(self.widths), np.log(self.resolutions))
         self._fixed = RegularGridInterpolator(grid, self.fixed)
         self._movable = RegularGridInterpolator(grid, self.movable)
+
+    @classmethod
+    def from_dict(cls, description: dict, source: str = "cost model") -> CostModel:
+        """The cost model :meth:`describe` wrote (a run folder's ``cost.json``), measured
+        on the base model once and now read without it.
+
+        Raises
+        ------
+        ValueError
+            If ``description`` is not a valid grid; the message names ``source``.
+        """
+        try:
+            model = cls.__new__(cls)
+            model.input_size = None
+            model.name = str(description["name"])
+            model.widths = np.array(description["widths"], dtype=float)
+            model.resolutions = np.array(description["resolutions"], dtype=float)
+            fixed = np.array(description["fixed"], dtype=float)
+            movable = np.array(description["removable_blocks"], dtype=float)
+            model.blocks_total = int(description["blocks_total"])
+            model.blocks_fixed = int(description["blocks_fixed"])
+            shape = (len(model.widths), len(model.resolutions))
+            valid = (
+                fixed.shape == movable.shape == shape
+                and min(shape) >= 2
+                and model.widths[-1] == model.resolutions[-1] == 1.0
+                and np.all(np.diff(model.widths) > 0)
+                and np.all(np.diff(model.resolutions) > 0)
+                and model.widths[0] > 0
+                and model.resolutions[0] > 0
+                and np.all(np.isfinite(fixed))
+                and np.all(np.isfinite(movable))
+                and np.all(fixed >= 0)
+                and np.all(movable >= 0)
+                and fixed[-1, -1] + movable[-1, -1] > 0
+                and 0 <= model.blocks_fixed <= model.blocks_total
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source} is not a tridim cost model: {error!r}") from None
+        if not valid:
+            raise ValueError(
+                f"{source} is not a tridim cost model: its grid must be increasing widths "
+                "and resolutions ending at 1, with finite non-negative costs of that shape"
+            )
+        model._set_grid(_monotone(fixed), _monotone(movable))
+        return model
 
     def __call__(self, d, w, r) -> np.ndarray:
         """The cost ratio of the triples (arrays broadcast), relative to the base model."""

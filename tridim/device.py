@@ -17,12 +17,13 @@ with :func:`model_device`, so surgery works on a model wherever it lives.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-__all__ = ["Execution", "resolve_device", "model_device", "PRECISIONS"]
+__all__ = ["Execution", "resolve_device", "model_device", "eval_mode", "PRECISIONS"]
 
 #: Accepted ``precision`` values and their autocast dtypes (None: no autocast).
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -175,3 +176,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run ``model`` in eval mode (BatchNorm statistics frozen), then restore the mode of
+    every submodule, so a model given half in eval mode comes back exactly so."""
+    was_training = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in was_training:
+            module.training = training

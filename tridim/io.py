@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_write, atomic_write_json
+from .device import eval_mode, model_device
 from .dims.resolution import ResolutionWrapper
 from .measure import check_input_size
 from .models import ModelSpec, spec_of
@@ -273,7 +274,7 @@ class _MatrixResize(nn.Module):
 def _exportable(model: nn.Module) -> nn.Module:
     if isinstance(model, ResolutionWrapper) and model.resizes:
         resize = _MatrixResize(tuple(model.input_size[1:]), model.size, model.antialias)
-        return nn.Sequential(resize, model.model)
+        return nn.Sequential(resize.to(model_device(model)), model.model)
     return model
 
 
@@ -303,10 +304,8 @@ def export_onnx(
     size = check_input_size(input_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    was_training = model.training
-    model.eval()
-    example = torch.randn(batch_size, *size)
-    try:
+    example = torch.randn(batch_size, *size, device=model_device(model))
+    with eval_mode(model):
         torch.onnx.export(
             _exportable(model),
             (example,),
@@ -317,6 +316,4 @@ def export_onnx(
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             dynamo=False,
         )
-    finally:
-        model.train(was_training)
     return path

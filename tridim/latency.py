@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_write_json
-from .device import model_device, resolve_device
+from .device import eval_mode, model_device, resolve_device
 from .runtimes import check_runtime, time_forward
 from .space import check_input_size
 
@@ -135,12 +135,10 @@ def layer_calls(
 
     leaves = [m for m in model.modules() if not any(True for _ in m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves if not isinstance(m, _FREE)]
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *size, device=model_device(model)))
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *size, device=model_device(model)))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return calls

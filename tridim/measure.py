@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import Execution, model_device, synchronize
+from .device import Execution, eval_mode, model_device, synchronize
 from .space import check_input_size
 
 __all__ = ["count_macs", "count_params", "measure_latency", "check_input_size", "input_size_of"]
@@ -38,13 +38,8 @@ def _run_once(model: nn.Module, input_size: tuple[int, int, int]) -> None:
             f"the model expects {expected} input channels but input_size has {input_size[0]}: "
             f"pass input_size=({expected}, H, W) or build the model with in_channels={input_size[0]}"
         )
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_size, device=model_device(model)))
-    finally:
-        model.train(was_training)
+    with torch.no_grad(), eval_mode(model):
+        model(torch.zeros(1, *input_size, device=model_device(model)))
 
 
 def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
@@ -132,16 +127,13 @@ def measure_latency(
         torch.set_num_threads(threads)
     execution = Execution.of(device, precision, channels_last)
     placed = execution.place(model)
-    was_training = model.training
-    model.eval()
     x = execution.batch(torch.randn(batch_size, *size), placed)
     try:
-        with torch.inference_mode(), execution.autocast(placed):
+        with torch.inference_mode(), execution.autocast(placed), eval_mode(model):
             for _ in range(warmup):
                 model(x)
             times = [_timed(model, x, placed) for _ in range(repeats)]
     finally:
-        model.train(was_training)
         torch.set_num_threads(previous_threads)
     times.sort()
     return {

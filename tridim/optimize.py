@@ -29,12 +29,13 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from .budget import LatencyBudget, PreparedBudget, prepare_budget
-from .cluster import RayTrials, check_cluster
+from .cluster import RayTrials, check_cluster, ray_trials
 from .collect import (
     CollectionSettings,
     _check_count,
@@ -56,9 +57,9 @@ from .progress import Stage
 from .report import render_report_markdown
 from .runtimes import check_runtime
 from .samples import Sample
-from .solver import Solution, solve
+from .solver import CostFunction, Solution, solve
 from .space import Triple, flops_cost
-from .store import MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
+from .store import COST, LATENCY, MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
 from .train import check_model_fits_data, seed_everything
 from .trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 
@@ -68,6 +69,7 @@ __all__ = [
     "OptimizeSettings",
     "cheapest_ratio",
     "check_predictor_covers",
+    "run_cost",
 ]
 
 
@@ -307,8 +309,9 @@ def optimize(
     cost = None
     if budget is not None:
         context.latency, cost = budget, prepared
-    trials = RayTrials(context) if cluster == "ray" else None
-    return _Pipeline(context, collection, settings, trials, cost).run(predictor)
+        context.latency_base_ms = prepared.base_ms
+    with ray_trials(context, cluster) as trials:
+        return _Pipeline(context, collection, settings, trials, cost).run(predictor)
 
 
 #: Refinement stops once width moves less than this (and depth, resolution less than a
@@ -354,7 +357,7 @@ def _prepare_latency(model, data, budget, collection, store: RunStore, execution
     """The latency table and cost model, measured once per run folder (then read back;
     under torchrun rank 0 measures and the other ranks read what it wrote)."""
     setup(execution.device)
-    cache = store.file("latency.json")
+    cache = store.file(LATENCY)
     base = copy.deepcopy(model).eval()
 
     def prepare() -> PreparedBudget:
@@ -390,12 +393,20 @@ def _ends_alone(model, size, cost, target: float) -> tuple[float, float, float]:
     return ends
 
 
-def check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float) -> None:
-    """Refuse, before any training, a predictor that cannot answer for this budget."""
+def check_predictor_covers(
+    predictor: LowRankPolynomialRegressor, target: float, cost: CostFunction | None = None
+) -> None:
+    """Refuse, before any training, a predictor that cannot answer for this budget.
+
+    ``cost`` is the run's cost model (:func:`run_cost` reads it from a run folder);
+    without it the analytic ``d * w**2 * r**2`` is used, and :func:`optimize` checks again
+    with its measured cost before training anything.
+    """
     if not isinstance(predictor, LowRankPolynomialRegressor) or not hasattr(predictor, "coef_"):
         raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")
+    cost = flops_cost if cost is None else cost
     lower, upper = predictor.bounds_
-    reachable = (float(flops_cost(*lower)), float(flops_cost(*upper)))
+    reachable = (float(cost(*lower)), float(cost(*upper)))
     if not reachable[0] <= target <= reachable[1]:
         raise ValueError(
             f"target_flops_ratio {target:g} is outside what the reused predictor covers: it "
@@ -403,6 +414,19 @@ def check_predictor_covers(predictor: LowRankPolynomialRegressor, target: float)
             f"{reachable[1]:.4f}. Pick a target in that range, or collect new samples "
             "(optimize without predictor=)"
         )
+
+
+def run_cost(predictor_path: str | os.PathLike) -> CostModel | None:
+    """The cost model the run beside ``predictor_path`` solved with (its ``cost.json``),
+    or None when there is none (a predictor fitted by ``tridim fit``, or an older run)."""
+    path = Path(predictor_path).parent / COST
+    if not path.is_file():
+        return None
+    try:
+        description = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ValueError(f"{path} is not valid JSON: delete it to solve with d*w^2*r^2") from None
+    return CostModel.from_dict(description, source=str(path))
 
 
 def _predictor_fingerprint(predictor: LowRankPolynomialRegressor) -> str:
@@ -456,6 +480,7 @@ class _Pipeline:
             samples = self._timed("collect", self._collect)
             predictor = self._timed("fit", self._fit, samples)
         else:
+            check_predictor_covers(predictor, self.target, self.cost)
             samples = _training_samples(predictor)
             self.seconds.update(collect=0.0, fit=0.0)
             self.reused_predictor = True
@@ -566,6 +591,7 @@ class _Pipeline:
 
         store = self.context.store
         loo_rmse = store.save_predictor(predictor).get("loo_rmse")
+        store.write_json(COST, self.cost.describe())  # what `tridim solve` solves with
         latency = self._timed("latency", self._latency, final.model)
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())

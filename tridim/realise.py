@@ -246,7 +246,9 @@ def realise(
     shallow, removed, blocks_total = _cut_depth(
         model, d, gains=gains, data=data, input_size=size, seed=seed
     )
-    for attempt, side in enumerate(_sides_to_try(pixels, size, target_macs is not None)):
+    tried = []
+    for side in _sides_to_try(pixels, size, target_macs is not None):
+        tried.append("x".join(map(str, side)))
         try:  # a small model's channels may be too coarse for the budget at one size
             thin, removal = _cut_width(
                 copy.deepcopy(shallow),
@@ -261,9 +263,13 @@ def realise(
             )
             pixels = side
             break
-        except WidthUnreachable:
-            if attempt == 4:
-                raise
+        except WidthUnreachable as error:
+            unreachable = error
+    else:
+        raise WidthUnreachable(
+            f"{unreachable} at every input size tried ({', '.join(tried)}): the model's "
+            "channels are too coarse for this target; loosen tolerance or change the target"
+        ) from unreachable
     channels_total = count_channels(shallow, (size[0], *pixels))
     wrapped = ResolutionWrapper(thin, pixels, size)
     plan = plan_of(

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .device import model_device, resolve_device, synchronize
+from .device import eval_mode, model_device, resolve_device, synchronize
 from .space import check_input_size
 
 __all__ = ["RUNTIMES", "check_runtime", "time_forward", "time_ratio"]
@@ -171,19 +171,16 @@ def _runner(model, input_size, batch_size, runtime, device, threads, warmup):
     try:
         if model_device(model) != target:
             model = copy.deepcopy(model).to(target)
-        was_training = model.training
-        model.eval()
         x = torch.randn(batch_size, *size, device=target)
 
         def run():
             model(x)
             synchronize(target)
 
-        with torch.inference_mode():
+        with torch.inference_mode(), eval_mode(model):
             for _ in range(warmup):
                 run()
             yield run
-        model.train(was_training)
     finally:
         torch.set_num_threads(previous)
 

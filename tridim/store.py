@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,27 @@ MODEL = "model"
 REPORT = "report.json"
 REPORT_MARKDOWN = "report.md"
 STEPS = "steps"
+LATENCY = "latency.json"
+#: The cost model the run solved with (:meth:`tridim.costs.CostModel.describe`).
+COST = "cost.json"
+#: The base model the command line trains for a run, and the default figures folder.
+BASE = "base"
+PLOTS = "plots"
+#: What a manifest says it is; manifests written before it are known by their sections.
+FORMAT = "tridim run"
+#: Everything a run writes into its folder: :meth:`RunStore.clear` deletes these alone.
+RUN_FILES = (
+    MANIFEST,
+    JOURNAL,
+    *LEGACY_JOURNALS,
+    PREDICTOR,
+    COST,
+    PLAN,
+    REPORT,
+    REPORT_MARKDOWN,
+    LATENCY,
+)
+RUN_FOLDERS = (MODEL, STEPS, BASE, PLOTS)
 
 
 class RunMismatch(ValueError):
@@ -105,7 +127,7 @@ class RunStore:
             differing field (``settings.criterion``, ``weights_fingerprint``, ...).
         """
         path = self.path / MANIFEST
-        manifest = json.loads(json.dumps(manifest))  # JSON-normalised, as it is stored
+        manifest = json.loads(json.dumps({"format": FORMAT, **manifest}))  # as it is stored
         existing = self.check(manifest)
         if not self.writes:
             return
@@ -135,6 +157,39 @@ class RunStore:
                 "over (on the command line: --force)."
             )
         return existing
+
+    def clear(self) -> None:
+        """Delete this folder's run, and only what a run writes, to start a new one.
+
+        Files that are not a run's (a project the folder also holds) stay; the folder
+        itself goes only if nothing else is left in it.
+
+        Raises
+        ------
+        ValueError
+            If the folder's ``manifest.json`` is not a tridim run's (or is unreadable):
+            nothing is deleted.
+        """
+        path = self.path / MANIFEST
+        if not self.writes or not path.is_file():
+            return
+        try:
+            existing = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            existing = None
+        if not is_run_manifest(existing):
+            raise ValueError(
+                f"{path} is not a tridim run's manifest: refusing to delete anything in "
+                f"{self.path}; pick another workdir"
+            )
+        for name in RUN_FOLDERS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+            for unfinished in self.path.glob(f".{name}.*"):  # left by a crashed atomic write
+                unfinished.unlink(missing_ok=True)
+        if not any(self.path.iterdir()):
+            self.path.rmdir()
 
     # ------------------------------------------------------------------ journal
 
@@ -222,6 +277,15 @@ class RunStore:
         """The run's fitted predictor, or None if it has not been written."""
         path = self.path / PREDICTOR
         return LowRankPolynomialRegressor.load(path) if path.is_file() else None
+
+
+def is_run_manifest(manifest: Any) -> bool:
+    """Whether ``manifest`` (parsed JSON) is a tridim run folder's manifest."""
+    if not isinstance(manifest, dict):
+        return False
+    if "format" in manifest:
+        return manifest["format"] == FORMAT
+    return {"model", "weights_fingerprint", "data", "settings"} <= manifest.keys()
 
 
 def _differing_fields(old: Any, new: Any, prefix: str = "") -> list[str]:

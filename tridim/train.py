@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write
 from .data import DataBundle, resize_batch
-from .device import Execution
+from .device import Execution, eval_mode
 from .distributed import all_reduce_mean, all_true, barrier, broadcast_module, is_writer, world
 
 __all__ = [
@@ -544,11 +544,9 @@ def evaluate(
     """
     execution = Execution.of(device, precision)
     placed = execution.place(model)
-    was_training = model.training
-    model.eval()
     correct = torch.zeros((), dtype=torch.long, device=placed)
     total = 0
-    try:
+    with eval_mode(model):
         for images, labels in loader:
             images = execution.batch(images, placed)
             if resolution is not None:
@@ -557,8 +555,6 @@ def evaluate(
                 logits = model(images)
             correct += (logits.argmax(dim=1) == labels.to(placed)).sum()
             total += len(labels)
-    finally:
-        model.train(was_training)
     if total == 0:
         raise ValueError("cannot evaluate on an empty loader")
     return correct.item() / total

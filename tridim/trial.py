@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
 
@@ -134,6 +135,8 @@ class TrialContext:
     quiet: bool = False
     execution: Execution = field(default_factory=Execution)
     latency: LatencyBudget | None = None
+    #: The base model's latency measured when ``latency`` was prepared.
+    latency_base_ms: float | None = None
     #: The base model's block gains (linear probes), once per run; None without
     #: removable blocks.
     gains: list | None = None
@@ -201,10 +204,15 @@ def store_trial(trial: Trial, result: TrialResult, context: TrialContext) -> Non
 
 
 def execute_trial(
-    trial: Trial, context: TrialContext, parent: StepRecord | None = None
+    trial: Trial,
+    context: TrialContext,
+    parent: StepRecord | None = None,
+    *,
+    checkpoint_path: str | os.PathLike | None = None,
 ) -> TrialResult:
     """Cut, finetune and evaluate ``trial``; the store is not touched (a remote worker
-    runs this with ``context.store`` None and the ``parent`` the driver read).
+    runs this with ``context.store`` None and the ``parent`` the driver read), except for
+    the epoch checkpoint: at ``checkpoint_path``, by default the store's for the trial.
 
     Returns
     -------
@@ -215,7 +223,9 @@ def execute_trial(
     seed_everything(trial.seed)
     model, plan = _cut_once(trial, context, parent)
     cut_seconds = time.perf_counter() - started
-    _finetune(trial, model, context)
+    if checkpoint_path is None and context.store is not None:
+        checkpoint_path = context.store.checkpoint_path(trial.key)
+    _finetune(trial, model, context, checkpoint_path)
     accuracy = evaluate_split(model, trial.split, context)
     seconds = {"cut": cut_seconds, "train": time.perf_counter() - started - cut_seconds}
     sample = broadcast_object(_sample(trial, plan, accuracy, sum(seconds.values()), context))
@@ -258,7 +268,7 @@ def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionW
     return model.eval()
 
 
-def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
+def _finetune(trial: Trial, model: nn.Module, context: TrialContext, checkpoint_path) -> None:
     train(
         model,
         context.data,
@@ -268,7 +278,7 @@ def _finetune(trial: Trial, model: nn.Module, context: TrialContext) -> None:
         seed=trial.train_seed,
         teacher=context.base if trial.distill else None,
         evaluate_each_epoch=False,
-        checkpoint_path=None if context.store is None else context.store.checkpoint_path(trial.key),
+        checkpoint_path=checkpoint_path,
         quiet=context.quiet,
         label=trial.label or trial.key,
         precision=context.execution.precision,
@@ -309,7 +319,12 @@ def _cut(
     base = copy.deepcopy(context.base)
     if trial.kind in BUDGET_KINDS and context.latency is not None:
         model, plan, _ = realise_to_latency(
-            base, trial.triple, context.latency, input_size=context.input_size, **common
+            base,
+            trial.triple,
+            context.latency,
+            input_size=context.input_size,
+            base_ms=context.latency_base_ms,
+            **common,
         )
         return model, plan
     target = context.target_flops_ratio if trial.kind in BUDGET_KINDS else None

@@ -49,8 +49,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..device import model_device
-from .groups import ChannelGroup, GroupMember, channel_groups, eval_mode, layer_geometry
+from ..device import eval_mode, model_device
+from .groups import ChannelGroup, GroupMember, channel_groups, layer_geometry
 
 __all__ = [
     "CRITERIA",

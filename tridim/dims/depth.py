@@ -61,7 +61,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..device import model_device
+from ..device import eval_mode, model_device
 from ..measure import check_input_size, input_size_of
 from ..space import check_ratio
 
@@ -296,10 +296,8 @@ def _trace_calls(
         pre_hook = _pre_hook(calls, name, name in inputs)
         handles.append(module.register_forward_pre_hook(pre_hook, with_kwargs=True))
         handles.append(module.register_forward_hook(_post_hook(calls, name, returned)))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             model(_example(model, size))
     except Exception as error:
         raise ValueError(
@@ -307,7 +305,6 @@ def _trace_calls(
             f"({type(error).__name__}: {error}); pass input_size=(C, H, W)"
         ) from None
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return calls
@@ -546,15 +543,12 @@ def _collect_features(
         module = modules[block.name]
         handles.append(module.register_forward_pre_hook(pre_hook))
         handles.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             device = model_device(model)
             for start in range(0, len(images), batch_size):
                 model(images[start : start + batch_size].to(device))
     finally:
-        model.train(was_training)
         for handle in handles:
             handle.remove()
     return store

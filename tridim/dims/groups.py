@@ -10,16 +10,15 @@ removes channels of groups. This module depends on neither.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
-from ..device import model_device
+from ..device import eval_mode, model_device
 
 __all__ = ["GroupMember", "ChannelGroup", "channel_groups"]
 
@@ -105,17 +104,6 @@ class ChannelGroup:
     def activation_points(self) -> list[GroupMember]:
         """Where the group's feature maps are observed: its BNs, else its producers."""
         return self.batchnorms or self.producers
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (BatchNorm statistics frozen), then restore its mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _tp():

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..device import model_device
+from ..device import eval_mode, model_device
 from ..measure import check_input_size
 from ..space import check_ratio
 
@@ -118,10 +118,9 @@ class ResolutionWrapper(nn.Module):
 def check_runs_at(model: nn.Module, input_size: Sequence[int]) -> None:
     """Raise a ValueError naming the size if ``model`` cannot run on ``(C, H, W)`` inputs."""
     size = check_input_size(input_size)
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *size, device=model_device(model)))
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(1, *size, device=model_device(model)))
     except Exception as error:  # shape checks raise RuntimeError or AssertionError
         message = " ".join(str(error).split())[:200]
         raise ValueError(
@@ -129,8 +128,6 @@ def check_runs_at(model: nn.Module, input_size: Sequence[int]) -> None:
             f"{message}); its input size is fixed or too small for its pooling: keep r "
             "higher, or r = 1 for a fixed-size model"
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def with_resolution(
