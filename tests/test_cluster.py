@@ -116,4 +116,3 @@ def test_a_ray_the_caller_started_stays_up(tiny, base_model, tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="died"):
         tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, cluster="ray", **SETTINGS)
     assert fake.shutdowns == 0 and fake.up
-
