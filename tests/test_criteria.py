@@ -1,4 +1,5 @@
-"""Criteria: shapes, finiteness, Taylor on a toy case, the oracle report, errors."""
+"""Criteria: every group scored, a dead channel ranked last, Taylor on a toy case, the oracle
+report, errors."""
 
 from __future__ import annotations
 
@@ -63,6 +64,41 @@ def test_every_criterion_scores_every_group(resnet, name):
         assert np.all(np.isfinite(values))
     # scoring never changes the model (BN statistics included)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def _dead_channel_model():
+    """The toy model with channel 2 of the first block dead: no filter, no BN scale or
+    shift, no consumer. Every criterion that reads the model or its activations must
+    rank it last."""
+    model = _toy_model()
+    with torch.no_grad():
+        model[0].weight[2] = 0.0
+        model[0].bias[2] = 0.0
+        model[1].weight[2] = 0.0
+        model[1].bias[2] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("name", [c for c in CRITERIA if c != "random"])  # random: by chance
+def test_every_criterion_ranks_a_dead_channel_last(name):
+    model = _dead_channel_model()
+    groups = channel_groups(model, torch.randn(1, 1, 8, 8))
+    first = next(i for i, g in enumerate(groups) if g.root == "0")
+    scores = score_groups(model, groups, name, data=_batches(3, size=8, classes=3), seed=1)
+    values = scores[first]
+    assert np.argmin(values) == 2, values
+    assert np.all(np.delete(values, 2) > values[2]), values
+
+
+def test_random_criterion_follows_its_seed(resnet):
+    model, groups = resnet
+    first = score_groups(model, groups, "random", seed=1)
+    assert all(
+        np.array_equal(a, b) for a, b in zip(first, score_groups(model, groups, "random", seed=1))
+    )
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(first, score_groups(model, groups, "random", seed=2))
+    )
 
 
 def test_residual_channels_are_scored_once_per_group(resnet):

@@ -10,7 +10,6 @@ from torchvision.ops import StochasticDepth
 
 from tridim.dims import depth
 from tridim.dims.depth import (
-    BlockGain,
     block_gains,
     find_blocks,
     minimum_depth,
@@ -114,7 +113,9 @@ def test_gains_are_deterministic_and_plain_data(digits):
     second = block_gains(model, digits, n_samples=128, seed=3)
     assert first == second
     assert [g.name for g in first] == [b.name for b in find_blocks(model, input_size=(1, 16, 16))]
-    assert all(isinstance(g, BlockGain) and -1 <= g.gain <= 1 for g in first)
+    for previous, gain in zip(first, first[1:]):  # each block's input is the last's output
+        assert gain.input_accuracy == pytest.approx(previous.probe_accuracy)
+    assert all(g.gain == pytest.approx(g.probe_accuracy - g.input_accuracy) for g in first)
     record = first[0].to_dict()
     assert set(record) >= {"name", "removable", "probe_accuracy", "gain"}
     # dict records (e.g. reloaded from JSON) select the same blocks

@@ -145,7 +145,16 @@ def test_onnx_export_of_a_model_left_on_a_gpu(tmp_path):
 
 
 @needs_cuda
-def test_latency_on_a_gpu_uses_cuda_events():
+def test_latency_on_a_gpu_uses_cuda_events(monkeypatch):
+    made = []
+    real_event = torch.cuda.Event
+
+    def counting_event(*args, **kwargs):
+        made.append(kwargs)
+        return real_event(*args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda, "Event", counting_event)
     model = models.build("resnet18", 10, 3)
     timing = measure_latency(model, (3, 64, 64), 8, repeats=5, device="cuda", precision="fp16")
-    assert timing["device"].startswith("cuda") and timing["median_ms"] > 0
+    assert timing["device"].startswith("cuda")
+    assert len(made) == 2 * 5 and all(k.get("enable_timing") for k in made)  # two per pass

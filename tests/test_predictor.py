@@ -94,6 +94,9 @@ def test_thirteen_axis_aligned_samples_fit_rank1():
     est = LowRankPolynomialRegressor().fit(X, _rank1(X))
     assert est.n_params_ == 10
     np.testing.assert_allclose(est.predict(X), _rank1(X), atol=1e-8)
+    # a separable surface is fixed by its axes: the fit must hold off them too
+    mixed = _uniform(100, seed=5)
+    np.testing.assert_allclose(est.predict(mixed), _rank1(mixed), atol=1e-7)
 
 
 @pytest.mark.parametrize(

@@ -51,12 +51,29 @@ def test_extra_loss_term_and_reduced_resolution(digits):
     assert len(calls) == 1  # 128 images, batch 128: one step
 
 
-def test_distillation_runs(digits):
-    small = digits.subset(train=128, val=32)
-    teacher = models.build("resnet20", 10, 1)
-    student = models.build("resnet20", 10, 1, width=0.5)
-    history = train(student, small, 1, teacher=teacher, quiet=True)
-    assert history.epochs[0]["loss"] > 0
+def test_distillation_pulls_the_student_towards_its_teacher(digits):
+    """Two students from the same start, one distilled: it must end nearer the teacher's
+    outputs (a teacher the loss ignored would leave the two alike)."""
+    from conftest import randomise_batchnorm
+
+    from tridim.train import distillation_loss
+
+    small = digits.subset(train=256, val=64)
+    torch.manual_seed(1)
+    teacher = randomise_batchnorm(models.build("resnet20", 10, 1), seed=1).eval()
+    with torch.no_grad():
+        teacher.fc.weight.mul_(30.0)  # confident, and unrelated to the labels
+    torch.manual_seed(0)
+    start = models.build("resnet20", 10, 1, width=0.5)
+    plain, distilled = copy.deepcopy(start), copy.deepcopy(start)
+    train(plain, small, 2, quiet=True, seed=0)
+    train(distilled, small, 2, quiet=True, seed=0, teacher=teacher)
+    x = small.val.tensors[0]
+    with torch.no_grad():
+        target = teacher(x)
+        far = distillation_loss(plain.eval()(x), target).item()
+        near = distillation_loss(distilled.eval()(x), target).item()
+    assert near < 0.8 * far, (near, far)
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_weights(digits):

@@ -87,7 +87,7 @@ class ResolutionWrapper(nn.Module):
         self.input_size = check_input_size(input_size)
         self.expect_small_inputs = bool(expect_small_inputs)
         self.antialias = bool(antialias)
-        self.train(model.training)
+        self.training = model.training  # the wrapper's own flag: the model's modules stay as given
 
     @property
     def r(self) -> float:
