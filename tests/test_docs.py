@@ -100,3 +100,28 @@ def test_readme_python_snippets_run(tmp_path):
             timeout=900,
         )
         assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _main_job_table() -> dict[str, str]:
+    """The README's main-job table, quantity -> value."""
+    section = README.split("**Main job**", 1)[1].split("\n\n**", 1)[0]
+    rows = re.findall(r"^\| ([^|]+?) \| ([^|]+?) \|$", section, flags=re.M)
+    return {name: value for name, value in rows if name not in ("quantity", "---")}
+
+
+def test_readme_main_job_table_is_what_the_main_job_prints(tmp_path, capsys):
+    """`tridim optimize` with its defaults, run here, must give the README's figures
+    (times apart): the next change that moves them updates the README too."""
+    import json
+
+    from tridim.cli import main
+
+    table = _main_job_table()
+    assert main(["optimize", "--quiet", "--json", "--workdir", str(tmp_path / "run")]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    triple = tuple(float(x) for x in re.findall(r"[\d.]+", table["triple (d, w, r)"])[:3])
+    assert triple == tuple(round(report["triple"][k], 3) for k in "dwr")
+    assert float(table["measured MACs ratio"].split()[0]) == round(report["macs_ratio"], 3)
+    base, pruned = (float(x) for x in table["test accuracy, base -> pruned"].split(" -> "))
+    assert abs(base - report["base_accuracy"]) <= 0.003
+    assert abs(pruned - report["accuracy"]) <= 0.003

@@ -155,7 +155,7 @@ class CostModel:
                 and fixed[-1, -1] + movable[-1, -1] > 0
                 and 0 <= model.blocks_fixed <= model.blocks_total
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise ValueError(f"{source} is not a tridim cost model: {error!r}") from None
         if not valid:
             raise ValueError(

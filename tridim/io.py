@@ -173,11 +173,14 @@ def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Mod
     """
     folder = Path(path)
     description = describe(folder)
-    model = _base_architecture(folder, description, base_model)
-    input_size = description.get("input_size") or None
-    if description.get("plan") is not None:
-        plan = Plan.from_dict(description["plan"])
-        model = apply_plan(model, plan, input_size=input_size or plan.input_size)
+    try:
+        model = _base_architecture(folder, description, base_model)
+        input_size = description.get("input_size") or None
+        if description.get("plan") is not None:
+            plan = Plan.from_dict(description["plan"])
+            model = apply_plan(model, plan, input_size=input_size or plan.input_size)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+        raise ValueError(f"{folder / _DESCRIPTION}: {error}") from None
     model.load_state_dict(_read_weights(folder, model))
     return model.eval()
 

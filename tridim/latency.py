@@ -322,10 +322,13 @@ class LatencyTable:
     def load(cls, path: str | os.PathLike) -> LatencyTable:
         """Read a table written by :meth:`save` (on any machine: timing new layers needs
         the table's device, reading it back does not)."""
-        data = json.loads(Path(path).read_text())
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a tridim latency table (format {FORMAT})")
-        return cls.from_dict(data)
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"not format {FORMAT}")
+            return cls.from_dict(data)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as error:
+            raise ValueError(f"{path} is not a valid tridim latency table: {error}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> LatencyTable:

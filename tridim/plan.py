@@ -13,8 +13,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .space import Triple, check_input_size
 
@@ -119,7 +121,10 @@ class Plan:
         missing, unknown = sorted(required - set(data)), sorted(set(data) - names)
         if missing or unknown:
             raise ValueError(f"invalid plan: missing keys {missing}, unknown keys {unknown}")
-        if int(data.get("format", PLAN_FORMAT)) > PLAN_FORMAT:
+        version = data.get("format", PLAN_FORMAT)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"invalid plan: format must be an integer, got {version!r}")
+        if version > PLAN_FORMAT:
             raise ValueError(
                 f"plan format {data['format']} is newer than this tridim reads "
                 f"({PLAN_FORMAT}): upgrade tridim"
@@ -150,7 +155,7 @@ class Plan:
                 base_spec=None if spec is None else dict(spec),
                 format=int(data.get("format", PLAN_FORMAT)),
             )
-        except (TypeError, ValueError, KeyError) as error:
+        except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as error:
             raise ValueError(f"invalid plan: {error}") from None
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -165,6 +170,20 @@ class Plan:
         except (TypeError, json.JSONDecodeError) as error:
             raise ValueError(f"a plan must be JSON text: {error}") from None
         return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Plan:
+        """Read a plan file (a run folder's ``plan.json``).
+
+        Raises
+        ------
+        ValueError
+            If the file is not a valid plan; the message names it.
+        """
+        try:
+            return cls.from_json(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
 
 def _as_name(value) -> str:

@@ -135,8 +135,11 @@ def read_samples(path: str | os.PathLike) -> list[Sample]:
     ValueError
         If a line other than the last is not a valid sample; the message names the line.
     """
-    with open(path, encoding="utf-8", errors="strict") as handle:
-        lines = handle.read().split("\n")
+    try:
+        with open(path, encoding="utf-8", errors="strict") as handle:
+            lines = handle.read().split("\n")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not a samples file (not UTF-8 text: {error})") from None
     numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
     samples = []
     for position, (number, line) in enumerate(numbered):

@@ -152,7 +152,8 @@ class RunStore:
         different = _differing_fields(existing, json.loads(json.dumps(manifest)))
         if different:
             raise RunMismatch(
-                f"workdir {self.path} holds another run (different {', '.join(different)}); "
+                f"workdir {self.path} holds another run (its {MANIFEST} differs in "
+                f"{', '.join(different)}); "
                 "refusing to mix journals. Use a new workdir, or delete this one to start "
                 "over (on the command line: --force)."
             )
