@@ -9,7 +9,7 @@ import json
 import pytest
 
 from tridim.bench.compare import METHODS, plateau_schedule, run_compare_bench
-from tridim.cli import build_parser, main
+from tridim.cli import COMPARE_DEFAULTS, QUICK_COMPARE_DEFAULTS, build_parser, main
 from tridim.predictor import LowRankPolynomialRegressor
 
 
@@ -92,7 +92,8 @@ def test_plateau_schedule_decays_twice_then_stops():
 
 def test_base_epochs_option_takes_a_number_or_plateau(capsys):
     parse = build_parser().parse_args
-    assert parse(["bench", "compare"]).base_epochs == "plateau"
+    assert parse(["bench", "compare"]).base_epochs is None  # the mode's default applies
+    assert COMPARE_DEFAULTS["base_epochs"] == QUICK_COMPARE_DEFAULTS["base_epochs"] == "plateau"
     assert parse(["bench", "compare", "--base-epochs", "15"]).base_epochs == 15
     with pytest.raises(SystemExit):
         parse(["bench", "compare", "--base-epochs", "often"])

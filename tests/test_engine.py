@@ -38,7 +38,14 @@ def test_step_values_end_where_each_dimension_meets_the_target():
 
 def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_model, tmp_path):
     samples = collect(
-        base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=2,
+        design=4,
+        epochs_per_step=EPOCHS,
+        quiet=True,
     )
     assert len(samples) == 1 + 3 * 2 + 4  # base, two axis points per dimension, 4 mixed
     keys = [s.extra["key"] for s in samples]
@@ -58,7 +65,14 @@ def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_mod
         assert 0.3 < s.extra["macs_ratio"] < 0.75, s
     started = time.perf_counter()
     again = collect(
-        base_model, tiny, 0.5, workdir=tmp_path, rounds=2, epochs_per_step=EPOCHS, quiet=True
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=2,
+        design=4,
+        epochs_per_step=EPOCHS,
+        quiet=True,
     )
     assert time.perf_counter() - started < 10  # nothing is retrained
     assert _values(again) == _values(samples)
@@ -82,7 +96,7 @@ def test_collect_ignores_a_torn_last_line(tiny, base_model, tmp_path):
         samples = collect(
             base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True
         )
-    assert len(samples) == 1 + 3 + 4
+    assert len(samples) == 1 + 3  # base and one axis point per dimension (no mixed ones)
 
 
 def test_collect_with_an_executor_gives_the_same_samples(tiny, base_model, tmp_path):
@@ -301,6 +315,7 @@ def test_model_without_removable_blocks_keeps_depth_and_saves(tiny, tmp_path):
         0.5,
         workdir=tmp_path / "run",
         rounds=1,
+        design=4,
         epochs_per_step=0,
         final_epochs=0,
         refine=0,

@@ -280,11 +280,13 @@ def test_weights_of_another_model_name_what_does_not_fit(tmp_path, capsys):
 
 def test_latency_is_reported_with_its_spread(fitted_run):
     report = fitted_run[1].report
-    for stage in ("before", "after"):
-        for key, (q1, q3) in report["latency_spread_ms"][stage].items():
-            assert q1 <= report["latency_ms"][stage][key] <= q3
+    markdown = (fitted_run[0] / "report.md").read_text()
+    for key, before in report["latency_ms"]["before"].items():
+        after = report["latency_ms"]["after"][key]
+        assert report["speedup"][key] == pytest.approx(before / after)
+        (q1, q3), (p1, p3) = (report["latency_spread_ms"][s][key] for s in ("before", "after"))
+        assert f"interquartile {q1:.2f}-{q3:.2f} -> {p1:.2f}-{p3:.2f}" in markdown
     assert isinstance(report["warnings"], list)
-    assert "interquartile" in (fitted_run[0] / "report.md").read_text()
 
 
 # ---------------------------------------------------------------------- 6. progress
@@ -293,7 +295,7 @@ def test_latency_is_reported_with_its_spread(fitted_run):
 def test_quiet_runs_print_one_line_per_stage(tiny, base_model, tmp_path, capsys):
     tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, rounds=1, epochs_per_step=0, quiet=True)
     err = capsys.readouterr().err
-    assert "tridim: collect: 7 trial(s)" in err and "tridim: collect: done in" in err  # 3 + 4 mixed
+    assert "tridim: collect: 3 trial(s)" in err and "tridim: collect: done in" in err  # 3 axis
 
 
 def test_epoch_bars_name_their_trial(tiny, capsys):

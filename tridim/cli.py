@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .design import DEFAULT_DESIGN
 
 __all__ = ["main", "build_parser"]
 
@@ -237,8 +238,9 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--design",
         type=int,
-        default=4,
-        help="mixed samples on the budget's iso-cost surface (default: 4; one-shot only)",
+        default=DEFAULT_DESIGN,
+        help="mixed samples on the budget's iso-cost surface (default: "
+        f"{DEFAULT_DESIGN}; one-shot only)",
     )
     parser.add_argument(
         "--collection",

@@ -35,7 +35,7 @@ import torch.nn as nn
 
 from .cluster import RayTrials, check_cluster, ray_trials
 from .data import DataBundle
-from .design import axis_values, mixed_triples
+from .design import DEFAULT_DESIGN, axis_values, mixed_triples
 from .device import Execution, eval_mode, model_device
 from .dims.depth import block_gains, find_blocks
 from .distributed import barrier, setup
@@ -85,7 +85,7 @@ class CollectionSettings:
     batch_size: int = 128
     ends: tuple[float, float, float] | None = None
     collection: str = "one-shot"
-    design: int = 4
+    design: int = DEFAULT_DESIGN
     distill: bool = True
 
     def __post_init__(self) -> None:
@@ -262,7 +262,7 @@ def collect(
     overshoot: float = 0.0,
     lr: float = 0.02,
     collection: str = "one-shot",
-    design: int = 4,
+    design: int = DEFAULT_DESIGN,
     distill: bool = True,
     executor: Executor | None = None,
     cluster: str | None = None,
@@ -302,7 +302,8 @@ def collect(
         model (default), or the paper's chains of iterative prunes.
     design : int
         Mixed triples on the budget's iso-cost surface besides the axis points
-        (one-shot only; :mod:`tridim.design`). The collection has
+        (one-shot only; :mod:`tridim.design`; default none, see
+        :data:`~tridim.design.DEFAULT_DESIGN`). The collection has
         ``1 + 3 * rounds + design`` samples (fewer when depth cannot change).
     distill : bool
         Distil from the base model while finetuning every sample.

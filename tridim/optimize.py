@@ -47,6 +47,7 @@ from .collect import (
 )
 from .costs import CostModel, macs_cost
 from .data import DataBundle
+from .design import DEFAULT_DESIGN
 from .device import Execution, model_device
 from .distributed import barrier, is_writer, setup, world
 from .measure import check_input_size, count_macs, count_params, measure_latency
@@ -165,7 +166,7 @@ def optimize(
     degree: int | str = "auto",
     rank: int | str = "auto",
     collection: str = "one-shot",
-    design: int = 4,
+    design: int = DEFAULT_DESIGN,
     lr: float = 0.02,
     seed: int = 0,
     latency_batch: int = 64,
@@ -225,7 +226,8 @@ def optimize(
         (default), or the paper's chains of iterative prunes (:mod:`tridim.collect`).
     design : int
         Mixed samples on the budget's iso-cost surface besides the axis points
-        (one-shot only; :mod:`tridim.design`).
+        (one-shot only; :mod:`tridim.design`; default none, see
+        :data:`~tridim.design.DEFAULT_DESIGN`).
     lr : float
         Peak finetuning learning rate.
     seed : int

@@ -729,7 +729,7 @@ def render_markdown(result: dict) -> str:
             f"| {row['target']:g} | {row['method']} | {row['seeds']} | {row['accuracy']:.4f} "
             f"| {row['spread']:.4f} | {row['macs_ratio']:.3f} | {row['params']:,.0f} "
             f"| {row['speedup_b1']:.2f}x | {row['speedup_batch']:.2f}x "
-            f"| {row['before_final_epochs']:g} | {row['before_final_seconds']:.0f} |"
+            f"| {row['before_final_epochs']:.3g} | {row['before_final_seconds']:.0f} |"
         )
     base = result["base"]
     line = f"base model: {base['epochs']} epochs"
