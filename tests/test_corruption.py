@@ -21,6 +21,7 @@ import tridim  # noqa: E402
 from tridim import Plan, models, realise  # noqa: E402
 from tridim.costs import CostModel, macs_cost  # noqa: E402
 from tridim.latency import LatencyTable  # noqa: E402
+from tridim.optimize import run_cost  # noqa: E402
 from tridim.predictor import LowRankPolynomialRegressor  # noqa: E402
 from tridim.samples import Sample, append_sample, read_samples  # noqa: E402
 from tridim.store import RunStore  # noqa: E402
@@ -78,7 +79,7 @@ def originals(tmp_path_factory):
         "latency.json": LatencyTable.load,
         "samples.jsonl": read_samples,
         "trial.ckpt": lambda p: load_checkpoint(p, apply_to(plan, base)),
-        "cost.json": lambda p: CostModel.from_dict(_read_json(p), source=str(p)),
+        "cost.json": lambda p: run_cost(p.parent / "predictor.json"),
     }
     for name in readers:
         assert (folder / name).is_file(), name
@@ -89,13 +90,6 @@ def apply_to(plan, base):
     from tridim.realise import apply_plan
 
     return apply_plan(base, plan)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
 
 
 def _loads_or_names_the_file(read, path: Path) -> None:

@@ -37,16 +37,8 @@ def test_step_values_end_where_each_dimension_meets_the_target():
 
 
 def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_model, tmp_path):
-    samples = collect(
-        base_model,
-        tiny,
-        0.5,
-        workdir=tmp_path,
-        rounds=2,
-        design=4,
-        epochs_per_step=EPOCHS,
-        quiet=True,
-    )
+    settings = dict(workdir=tmp_path, rounds=2, design=4, epochs_per_step=EPOCHS, quiet=True)
+    samples = collect(base_model, tiny, 0.5, **settings)
     assert len(samples) == 1 + 3 * 2 + 4  # base, two axis points per dimension, 4 mixed
     keys = [s.extra["key"] for s in samples]
     assert len(set(keys)) == len(keys)
@@ -64,16 +56,7 @@ def test_collect_writes_one_sample_per_step_and_resume_skips_them(tiny, base_mod
         assert sum(x < 1 for x in (s.d, s.w, s.r)) >= 2, s
         assert 0.3 < s.extra["macs_ratio"] < 0.75, s
     started = time.perf_counter()
-    again = collect(
-        base_model,
-        tiny,
-        0.5,
-        workdir=tmp_path,
-        rounds=2,
-        design=4,
-        epochs_per_step=EPOCHS,
-        quiet=True,
-    )
+    again = collect(base_model, tiny, 0.5, **settings)
     assert time.perf_counter() - started < 10  # nothing is retrained
     assert _values(again) == _values(samples)
 

@@ -421,14 +421,11 @@ def check_predictor_covers(
 def run_cost(predictor_path: str | os.PathLike) -> CostModel | None:
     """The cost model the run beside ``predictor_path`` solved with (its ``cost.json``),
     or None when there is none (a predictor fitted by ``tridim fit``, or an older run)."""
-    path = Path(predictor_path).parent / COST
-    if not path.is_file():
+    store = RunStore(Path(predictor_path).parent)
+    description = store.read_json(COST)
+    if description is None:
         return None
-    try:
-        description = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path} is not valid JSON: delete it to solve with d*w^2*r^2") from None
-    return CostModel.from_dict(description, source=str(path))
+    return CostModel.from_dict(description, source=str(store.file(COST)))
 
 
 def _predictor_fingerprint(predictor: LowRankPolynomialRegressor) -> str:

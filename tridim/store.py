@@ -258,9 +258,14 @@ class RunStore:
         return atomic_write_json(self.path / name, value)
 
     def read_json(self, name: str) -> Any | None:
-        """An artifact read as JSON, or None if absent."""
+        """An artifact read as JSON, or None if absent; ValueError naming it if unreadable."""
         path = self.path / name
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a text artifact atomically."""
