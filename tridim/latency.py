@@ -29,6 +29,7 @@ from .atomic import atomic_write_json
 from .device import eval_mode, model_device, resolve_device
 from .runtimes import check_runtime, time_forward
 from .space import check_input_size
+from .timing import time_models
 
 __all__ = ["LayerShape", "LatencyTable", "layer_calls", "layer_shapes", "named_layer_shapes"]
 
@@ -261,13 +262,23 @@ class LatencyTable:
         Returns
         -------
         dict
-            ``{"scale", "overhead_ms", "relative_errors"}`` (per model, predicted /
-            measured - 1, after the fit).
+            ``{"scale", "overhead_ms", "relative_errors", "timing"}``: per model,
+            predicted / measured - 1 after the fit, and the state the models were timed in
+            (together, in alternating rounds: :func:`tridim.timing.time_models`).
         """
         if len(models) < 2:
             raise ValueError("calibrate needs at least two models of different cost")
         sums = np.array([self.layers_ms(m, input_size) for m in models])
-        measured = np.array([self.time_ms(m, input_size) for m in models])
+        timed = time_models(
+            {str(i): m for i, m in enumerate(models)},
+            input_size,
+            self.batch_size,
+            runtime=self.runtime,
+            device=self.device,
+            threads=self.threads,
+            repeats=self.repeats,
+        )
+        measured = np.array([timed["models"][str(i)]["median_ms"] for i in range(len(models))])
         design = np.stack([sums, np.ones_like(sums)], axis=1)
         (scale, overhead), *_ = np.linalg.lstsq(design, measured, rcond=None)
         if scale <= 0 or overhead < 0:  # no fixed cost to fit: a scale through the origin
@@ -278,6 +289,7 @@ class LatencyTable:
             "scale": self.scale,
             "overhead_ms": self.overhead_ms,
             "relative_errors": (predicted / measured - 1.0).tolist(),
+            "timing": timed["state"],
         }
 
     def time_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:

@@ -8,15 +8,15 @@ Torch-Pruning) agree to within 1-2% because they add BatchNorm.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import Execution, eval_mode, model_device, synchronize
+from .device import eval_mode, model_device
 from .space import check_input_size
+from .timing import time_models
 
 __all__ = ["count_macs", "count_params", "measure_latency", "check_input_size", "input_size_of"]
 
@@ -86,29 +86,31 @@ def measure_latency(
     batch_size: int = 1,
     *,
     repeats: int = 20,
-    warmup: int = 3,
+    warmup: int | None = None,
     threads: int | None = None,
     device: str | torch.device | None = None,
     precision: str = "fp32",
     channels_last: bool = False,
 ) -> dict:
-    """Median wall time of a forward pass in eval mode, on the model's device.
+    """Median wall time of a forward pass in eval mode, timed by :mod:`tridim.timing`.
 
     Parameters
     ----------
     model : torch.nn.Module
-        The model to time.
+        The model to time (not moved or modified).
     input_size : (C, H, W)
         Size of one input image.
     batch_size : int
         Images per forward pass.
-    repeats, warmup : int
-        Timed and untimed passes.
+    repeats : int
+        Timed passes, in 3 rounds checked for spread.
+    warmup : None
+        Ignored: passes are warmed up until stable (kept for old callers).
     threads : int, optional
-        ``torch.set_num_threads`` during timing (restored afterwards).
+        Intra-op threads while timing (default: PyTorch's current count).
     device : str or torch.device, optional
-        Move the model there first (in place); None times it where it is. On a GPU each
-        pass is timed with CUDA events after the queue is drained.
+        Where to time; None: where the model is. On a GPU each pass is timed with CUDA
+        events after the queue is drained.
     precision, channels_last
         As in :func:`tridim.train.train`.
 
@@ -116,52 +118,29 @@ def measure_latency(
     -------
     dict
         ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats",
-        "device", "precision", "channels_last"}``: the median, the range and the
-        quartiles of the timed passes.
+        "spread", "device", "precision", "channels_last", "state"}``.
     """
-    size = check_input_size(input_size)
-    if repeats < 1:
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    execution = Execution.of(device, precision, channels_last)
-    placed = execution.place(model)
-    x = execution.batch(torch.randn(batch_size, *size), placed)
-    try:
-        with torch.inference_mode(), execution.autocast(placed), eval_mode(model):
-            for _ in range(warmup):
-                model(x)
-            times = [_timed(model, x, placed) for _ in range(repeats)]
-    finally:
-        torch.set_num_threads(previous_threads)
-    times.sort()
+    result = time_models(
+        {"model": model},
+        input_size,
+        batch_size,
+        device=model_device(model) if device is None else device,
+        threads=threads,
+        repeats=repeats,
+        rounds=3,
+        precision=precision,
+        channels_last=channels_last,
+    )
+    timing, state = result["models"]["model"], result["state"]
     return {
         "batch_size": batch_size,
-        "median_ms": times[len(times) // 2],
-        "min_ms": times[0],
-        "max_ms": times[-1],
-        "q1_ms": times[len(times) // 4],
-        "q3_ms": times[(3 * len(times)) // 4],
-        "repeats": repeats,
-        **execution.describe(placed),
+        **{k: timing[k] for k in ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms")},
+        "repeats": timing["repeats"],
+        "spread": timing["spread"],
+        "device": state["device"],
+        "precision": state["precision"],
+        "channels_last": state["channels_last"],
+        "state": state,
     }
-
-
-def _timed(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
-    """Milliseconds of one forward pass, the device's queue drained before and after."""
-    if device.type == "cuda":
-        with torch.cuda.device(device):  # events record on the current device's stream
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize(device)
-            start.record()
-            model(x)
-            end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
-    synchronize(device)
-    begin = time.perf_counter()
-    model(x)
-    synchronize(device)
-    return (time.perf_counter() - begin) * 1000.0

@@ -50,7 +50,7 @@ from .data import DataBundle
 from .design import DEFAULT_DESIGN
 from .device import Execution, model_device
 from .distributed import barrier, is_writer, setup, world
-from .measure import check_input_size, count_macs, count_params, measure_latency
+from .measure import check_input_size, count_macs, count_params
 from .models import spec_of
 from .plan import Plan
 from .predictor import LowRankPolynomialRegressor, choose_and_fit
@@ -61,6 +61,7 @@ from .samples import Sample
 from .solver import CostFunction, Solution, solve
 from .space import Triple, flops_cost
 from .store import COST, LATENCY, MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
+from .timing import SPREAD_LIMIT, ratio_of, time_models
 from .train import check_model_fits_data, seed_everything
 from .trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 
@@ -614,22 +615,29 @@ class _Pipeline:
         )
 
     def _latency(self, pruned: nn.Module) -> dict:
-        """Timings of the base and pruned models at batch 1 and the latency batch."""
+        """The base and pruned models timed together in alternating rounds
+        (:func:`tridim.timing.time_models`) at batch 1 and the latency batch."""
         size, batch = self.context.input_size, self.settings.latency_batch
-        repeats = self.settings.latency_repeats
+        execution = self.context.execution
+        results = {
+            f"batch_{b}": time_models(
+                {"before": self.context.base, "after": pruned},
+                size,
+                b,
+                device=model_device(self.context.base),
+                repeats=self.settings.latency_repeats,
+                precision=execution.precision,
+                channels_last=execution.channels_last,
+            )
+            for b in (1, batch)
+        }
         return {
-            name: {
-                f"batch_{b}": measure_latency(
-                    model,
-                    size,
-                    b,
-                    repeats=repeats,
-                    precision=self.context.execution.precision,
-                    channels_last=self.context.execution.channels_last,
-                )
-                for b in (1, batch)
-            }
-            for name, model in (("before", self.context.base), ("after", pruned))
+            "stages": {
+                stage: {key: result["models"][stage] for key, result in results.items()}
+                for stage in ("before", "after")
+            },
+            "speedup": {key: 1.0 / ratio_of(r, "after", "before") for key, r in results.items()},
+            "states": {key: result["state"] for key, result in results.items()},
         }
 
     def _report(self, final, solution, predictor, loo_rmse, latency, base_accuracy) -> dict:
@@ -637,12 +645,12 @@ class _Pipeline:
         realised = plan.realised
         medians = {
             stage: {key: timing["median_ms"] for key, timing in timings.items()}
-            for stage, timings in latency.items()
+            for stage, timings in latency["stages"].items()
         }
         predicted = float(predictor.predict([list(realised.as_tuple())])[0])
         return {
             "target_flops_ratio": self.target if self.latency is None else None,
-            "budget": self._budget_record(final.model),
+            "budget": self._budget_record(final.model, latency),
             "macs_ratio": plan.macs / base_macs,
             "analytic_flops_ratio": float(flops_cost(*realised.as_tuple())),
             "triple": realised.to_dict(),
@@ -657,33 +665,40 @@ class _Pipeline:
             "params_before": count_params(self.context.base),
             "params_after": count_params(final.model),
             "latency_ms": medians,
-            "speedup": {k: medians["before"][k] / medians["after"][k] for k in medians["before"]},
+            "speedup": latency["speedup"],
             "seconds": self.seconds,
             "latency_spread_ms": {
                 stage: {key: [t["q1_ms"], t["q3_ms"]] for key, t in timings.items()}
-                for stage, timings in latency.items()
+                for stage, timings in latency["stages"].items()
             },
+            "timing": latency["states"],
             "prediction": _prediction_note(predictor, realised, predicted),
             "warnings": _latency_warnings(latency),
         }
 
-    def _budget_record(self, pruned: nn.Module) -> dict:
+    def _budget_record(self, pruned: nn.Module, latency: dict) -> dict:
         """The budget, and the cost predicted for and measured on the final model.
 
         ``measured_speedup`` is timed in alternating rounds against the base model, at
-        the latency batch, on the budget's runtime (eager for a MACs budget);
-        ``predicted_speedup`` is the latency table's figure for the final architecture.
+        the latency batch, on the budget's runtime (for a MACs budget: the eager timing
+        of the report's latency at that batch); ``predicted_speedup`` is the latency
+        table's figure for the final architecture.
         """
         context, settings = self.context, self.settings
         if self.latency is None:
-            budget = LatencyBudget(
-                target_speedup=2.0,  # unused: only the timing settings matter here
-                batch_size=settings.latency_batch,
-                device=str(model_device(context.base)),
-                repeats=settings.latency_repeats,
-            )
-            record = {"kind": "macs", "target_flops_ratio": self.target}
-            predicted = None
+            key = f"batch_{settings.latency_batch}"
+            return {
+                "kind": "macs",
+                "target_flops_ratio": self.target,
+                "runtime": "eager",
+                "latency_batch": settings.latency_batch,
+                "predicted_speedup": None,
+                "measured_speedup": latency["speedup"][key],
+                "measured_ms": {
+                    s: latency["stages"][s][key]["median_ms"] for s in ("before", "after")
+                },
+                "timing": latency["states"][key],
+            }
         else:
             budget, table = self.latency.budget, self.latency.table
             record = {"kind": "latency", **self.latency.to_dict()}
@@ -697,6 +712,7 @@ class _Pipeline:
             "predicted_speedup": predicted,
             "measured_speedup": 1.0 / timing["ratio"],
             "measured_ms": {"before": timing["base_ms"], "after": timing["model_ms"]},
+            "timing": timing["state"],
         }
 
     def _samples_meaning(self) -> str:
@@ -756,21 +772,17 @@ class _Pipeline:
 
 
 #: A timing whose interquartile range exceeds this fraction of its median is flagged.
-WIDE_SPREAD = 0.25
 
 
 def _latency_warnings(latency: dict) -> list[str]:
-    warnings = []
-    for stage, timings in latency.items():
-        for key, t in timings.items():
-            spread = (t["q3_ms"] - t["q1_ms"]) / t["median_ms"]
-            if spread > WIDE_SPREAD:
-                warnings.append(
-                    f"latency {stage} at {key.replace('_', ' ')} spread widely (interquartile "
-                    f"range {spread:.0%} of the median over {t['repeats']} runs): the machine "
-                    "was busy; time the saved model again on a quiet machine"
-                )
-    return warnings
+    """A warning for each timing whose rounds still disagreed after every attempt."""
+    return [
+        f"latency at {key.replace('_', ' ')} was unstable: its rounds disagreed by "
+        f"{state['max_spread']:.0%} (more than {SPREAD_LIMIT:.0%}) after {state['attempts']} "
+        "attempts; the machine was busy, time the saved model again on a quiet machine"
+        for key, state in latency["states"].items()
+        if not state["stable"]
+    ]
 
 
 def _prediction_note(predictor, realised: Triple, predicted: float) -> dict:

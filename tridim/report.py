@@ -133,7 +133,8 @@ def _notes(report: dict) -> list[str]:
 def _report_rows(report: dict) -> list[tuple[str, str]]:
     t = report["triple"]
     lat = report["latency_ms"]
-    batch_key = [k for k in lat["before"] if k != "batch_1"][0]
+    batch_key = next((k for k in lat["before"] if k != "batch_1"), "batch_1")
+    timed = report.get("timing", {}).get(batch_key)
     return [
         *_budget_rows(report),
         ("measured MACs ratio", f"{report['macs_ratio']:.3f}"),
@@ -145,6 +146,7 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
         ("params", f"{report['params_before']:,} -> {report['params_after']:,}"),
         ("latency batch 1 (ms)", _latency_cell(report, "batch_1")),
         (f"latency {batch_key.replace('_', ' ')} (ms)", _latency_cell(report, batch_key)),
+        *([("timed in", describe_timing(timed))] if timed else []),
         ("samples", str(report["n_samples"])),
         ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())),
     ]
@@ -176,6 +178,20 @@ def _budget_rows(report: dict) -> list[tuple[str, str]]:
 
 def _predicted_label(report: dict) -> str:
     return "predicted accuracy (validation)" if report.get("prediction") else "predicted accuracy"
+
+
+def describe_timing(state: dict) -> str:
+    """One line: where and how a timing was made (the ``state`` of :mod:`tridim.timing`)."""
+    text = (
+        f"{state.get('runtime', '?')} on {state.get('device', '?')}, {state.get('threads')} "
+        f"threads, {state.get('process', '?')}, allocator {state.get('allocator', '?')}"
+    )
+    if not state.get("stable", True):
+        text += (
+            f"; unstable: rounds spread {state['max_spread']:.0%} "
+            f"after {state['attempts']} attempts"
+        )
+    return text
 
 
 def _latency_cell(report: dict, batch_key: str) -> str:

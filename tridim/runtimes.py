@@ -2,27 +2,19 @@
 
 Two runtimes: ``"eager"`` (PyTorch on a device, :func:`tridim.measure.measure_latency`)
 and ``"onnxruntime"`` (the model exported as :func:`tridim.export_onnx` does, then run by
-an ONNX Runtime CPU session with a fixed thread count). Both return the same timing dict:
-median, quartiles and range of repeated passes, in milliseconds. The caller's model is
-never moved: a copy goes to the device when it is elsewhere.
+an ONNX Runtime CPU session with a fixed configuration). Both are timed by
+:mod:`tridim.timing` in one controlled state and return the same timing dict: median,
+quartiles and range of repeated passes, in milliseconds, and the state they were measured
+in. The caller's model is never moved: a copy goes to the device when it is elsewhere.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import tempfile
-import time
-import warnings
 from collections.abc import Sequence
-from pathlib import Path
 
-import numpy as np
-import torch
 import torch.nn as nn
 
-from .device import eval_mode, model_device, resolve_device, synchronize
-from .space import check_input_size
+from .timing import ratio_of, time_models
 
 __all__ = ["RUNTIMES", "check_runtime", "time_forward", "time_ratio"]
 
@@ -54,9 +46,10 @@ def time_forward(
     device: str = "cpu",
     threads: int | None = None,
     repeats: int = 15,
-    warmup: int = 2,
+    warmup: int | None = None,
 ) -> dict:
-    """Timings of ``model``'s forward pass on ``runtime``.
+    """Timings of ``model``'s forward pass on ``runtime``, in the state of
+    :mod:`tridim.timing` (a dedicated subprocess, fixed allocator and threads).
 
     Parameters
     ----------
@@ -72,31 +65,38 @@ def time_forward(
         Eager only: where to time (a copy of the model goes there).
     threads : int, optional
         Intra-op threads while timing (default: PyTorch's current count).
-    repeats, warmup : int
-        Timed and untimed passes.
+    repeats : int
+        Timed passes, in 3 rounds checked for spread.
+    warmup : None
+        Ignored: passes are warmed up until stable (kept for old callers).
 
     Returns
     -------
     dict
         ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats",
-        "runtime", "device", "threads"}``.
+        "spread", "runtime", "device", "threads", "state"}``.
     """
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    threads = int(threads or torch.get_num_threads())
-    with _runner(model, input_size, batch_size, runtime, device, threads, warmup) as run:
-        times = sorted(_passes(run, repeats))
+    result = time_models(
+        {"model": model},
+        input_size,
+        batch_size,
+        runtime=runtime,
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        rounds=3,
+    )
+    timing = result["models"]["model"]
+    state = result["state"]
     return {
         "batch_size": batch_size,
-        "median_ms": times[len(times) // 2],
-        "min_ms": times[0],
-        "max_ms": times[-1],
-        "q1_ms": times[len(times) // 4],
-        "q3_ms": times[(3 * len(times)) // 4],
-        "repeats": repeats,
+        **{k: timing[k] for k in ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms")},
+        "repeats": timing["repeats"],
+        "spread": timing["spread"],
         "runtime": runtime,
-        "device": "cpu" if runtime == "onnxruntime" else str(resolve_device(device)),
-        "threads": threads,
+        "device": state["device"],
+        "threads": state["threads"],
+        "state": state,
     }
 
 
@@ -112,7 +112,8 @@ def time_ratio(
     repeats: int = 15,
     rounds: int = 5,
 ) -> dict:
-    """``model``'s latency as a ratio of ``base``'s, both timed in alternating rounds.
+    """``model``'s latency as a ratio of ``base``'s, both timed in alternating rounds
+    (:func:`tridim.timing.time_models`).
 
     A busy moment of the machine then slows both alike: the ratio is the median over
     rounds of (model median / base median), each round ``repeats // rounds`` passes
@@ -121,84 +122,22 @@ def time_ratio(
     Returns
     -------
     dict
-        ``{"ratio", "model_ms", "base_ms"}`` (medians over all passes).
+        ``{"ratio", "model_ms", "base_ms", "stable", "state"}`` (medians over all passes).
     """
-    threads = int(threads or torch.get_num_threads())
-    per_round = max(3, repeats // rounds)
-    ratios, model_times, base_times = [], [], []
-    with (
-        _runner(model, input_size, batch_size, runtime, device, threads, 2) as run_model,
-        _runner(base, input_size, batch_size, runtime, device, threads, 2) as run_base,
-    ):
-        for _ in range(rounds):
-            base_round = _passes(run_base, per_round)
-            model_round = _passes(run_model, per_round)
-            ratios.append(float(np.median(model_round) / np.median(base_round)))
-            base_times += base_round
-            model_times += model_round
+    result = time_models(
+        {"base": base, "model": model},
+        input_size,
+        batch_size,
+        runtime=runtime,
+        device=device,
+        threads=threads,
+        repeats=repeats,
+        rounds=rounds,
+    )
     return {
-        "ratio": float(np.median(ratios)),
-        "model_ms": float(np.median(model_times)),
-        "base_ms": float(np.median(base_times)),
+        "ratio": ratio_of(result, "model", "base"),
+        "model_ms": result["models"]["model"]["median_ms"],
+        "base_ms": result["models"]["base"]["median_ms"],
+        "stable": result["state"]["stable"],
+        "state": result["state"],
     }
-
-
-def _passes(run, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - begin) * 1000.0)
-    return times
-
-
-@contextlib.contextmanager
-def _runner(model, input_size, batch_size, runtime, device, threads, warmup):
-    """A callable running one forward pass (warmed up), under the runtime's settings."""
-    check_runtime(runtime)
-    size = check_input_size(input_size)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if runtime == "onnxruntime":
-        run = _onnxruntime_runner(model, size, batch_size, threads)
-        for _ in range(warmup):
-            run()
-        yield run
-        return
-    previous = torch.get_num_threads()
-    target = resolve_device(device)
-    torch.set_num_threads(threads)
-    try:
-        if model_device(model) != target:
-            model = copy.deepcopy(model).to(target)
-        x = torch.randn(batch_size, *size, device=target)
-
-        def run():
-            model(x)
-            synchronize(target)
-
-        with torch.inference_mode(), eval_mode(model):
-            for _ in range(warmup):
-                run()
-            yield run
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _onnxruntime_runner(model: nn.Module, size: tuple, batch_size: int, threads: int):
-    import onnxruntime as ort
-
-    from .io import export_onnx
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    with tempfile.TemporaryDirectory(prefix="tridim-ort-") as folder:
-        path = Path(folder) / "model.onnx"
-        with warnings.catch_warnings():  # the exporter's notes on in-place ops
-            warnings.simplefilter("ignore")
-            export_onnx(copy.deepcopy(model).cpu(), path, size, batch_size=1)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feed = {"input": np.random.default_rng(0).standard_normal((batch_size, *size), "float32")}
-    return lambda: session.run(None, feed)
