@@ -460,3 +460,77 @@ def test_a_workdir_of_another_run_names_the_differing_setting(tiny, base_model, 
             refine=1,
             quiet=True,
         )
+
+
+_OPTIMIZE_CHILD = textwrap.dedent("""
+    import sys, torch
+    import tridim
+    from tridim import data, models
+    from tridim.train import load_checkpoint
+    torch.set_num_threads(1)
+    bundle = data.load("digits").subset(train=256, val=128, test=128)
+    model = models.build("resnet20", 10, 1)
+    load_checkpoint(sys.argv[2], model)
+    print("started", flush=True)
+    tridim.optimize(model, bundle, 0.5, workdir=sys.argv[1], rounds=2, epochs_per_step=1,
+                    final_epochs=2, refine=1, quiet=True, latency_repeats=2, latency_batch=8)
+""")
+
+#: How many times the kill-anywhere test kills a run (README's fault table quotes it).
+KILLS = 20
+
+
+def test_optimize_killed_at_20_random_moments_ends_as_an_uninterrupted_run(base_model, tmp_path):
+    """SIGKILL a small optimize at seeded random moments, resume after each, and finish:
+    every journal key once, and the report an uninterrupted run writes."""
+    import random
+
+    from tridim.train import save_checkpoint
+
+    weights = tmp_path / "base.pt"
+    save_checkpoint(weights, base_model)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+    def start(workdir):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _OPTIMIZE_CHILD, str(workdir), str(weights)],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout.readline().strip() == "started"  # imports done, data loaded
+        return child, time.perf_counter()
+
+    reference = tmp_path / "reference"
+    child, began = start(reference)
+    assert child.wait(timeout=600) == 0
+    work = time.perf_counter() - began
+    expected = json.loads((reference / "report.json").read_text())
+
+    rng = random.Random(0)
+    killed = tmp_path / "killed"
+    kills = finished_early = 0
+    while kills + finished_early < KILLS:
+        child, began = start(killed)
+        try:
+            child.wait(timeout=rng.uniform(0.0, work / 3))
+            finished_early += 1  # it ended before its moment: the run is done
+        except subprocess.TimeoutExpired:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            kills += 1
+        keys = (
+            [s.extra["key"] for s in read_samples(killed / JOURNAL_NAME)]
+            if (killed / JOURNAL_NAME).is_file()
+            else []
+        )
+        assert len(keys) == len(set(keys)), keys
+    print(f"kill anywhere: {kills} kills, {finished_early} starts ran to the end")
+    assert kills >= 10  # most moments fell inside the run
+    child, _ = start(killed)
+    assert child.wait(timeout=600) == 0
+    got = json.loads((killed / "report.json").read_text())
+    assert_same_report(got, expected)
+    keys = [s.extra["key"] for s in read_samples(killed / JOURNAL_NAME)]
+    reference_keys = [s.extra["key"] for s in read_samples(reference / JOURNAL_NAME)]
+    assert len(keys) == len(set(keys)) and sorted(keys) == sorted(reference_keys)

@@ -291,7 +291,9 @@ def test_latency_is_reported_with_its_spread_and_the_state_it_was_timed_in(fitte
         assert state["process"] == "subprocess" and state["allocator"] == "fixed-heap"
     batch = f"batch_{report['budget']['latency_batch']}"
     assert report["budget"]["measured_speedup"] == report["speedup"][batch]  # one timing
-    assert "| timed in | eager on cpu," in markdown and "subprocess, allocator fixed-heap" in markdown
+    assert (
+        "| timed in | eager on cpu," in markdown and "subprocess, allocator fixed-heap" in markdown
+    )
     unstable = [key for key, state in report["timing"].items() if not state["stable"]]
     assert len(report["warnings"]) == len(unstable)
 

@@ -204,3 +204,34 @@ def test_width_too_coarse_at_every_size_is_a_clear_error():
     net[1].weight.data = torch.tensor([1.0, 0.2])
     with pytest.raises(ValueError, match=r"every input size tried \(32x32, 31x31, 30x30\)"):
         realise(net, (1, 1, 1), input_size=(1, 32, 32), target_flops_ratio=0.8)
+
+
+def test_realise_with_a_channel_multiple_meets_the_budget_in_multiples(models):
+    model, size = models["resnet20"], SIZES["resnet20"]
+    base = {n: m.out_channels for n, m in model.named_modules() if hasattr(m, "out_channels")}
+    pruned, plan = realise(
+        model,
+        (0.8, 1.0, 0.9),
+        input_size=size,
+        target_flops_ratio=0.4,
+        channel_multiple=8,
+        gains=_ranked_gains(model, size),
+    )
+    assert plan.macs_ratio == pytest.approx(0.4, rel=0.03)  # the coarse tolerance
+    changed = [
+        m.out_channels
+        for n, m in pruned.model.named_modules()
+        if hasattr(m, "out_channels") and m.out_channels != base.get(n)
+    ]
+    assert changed and all(c % 8 == 0 for c in changed)
+    rebuilt = apply_plan(build("resnet20", 10, 1), plan, input_size=size)
+    assert count_macs(rebuilt, size) == count_macs(pruned, size)
+
+
+def test_the_manifest_of_a_run_without_channel_multiple_is_unchanged():
+    from tridim.collect import CollectionSettings
+
+    assert "channel_multiple" not in CollectionSettings(0.5).manifest()
+    assert CollectionSettings(0.5, channel_multiple=8).manifest()["channel_multiple"] == 8
+    with pytest.raises(ValueError, match="channel_multiple must be a positive integer"):
+        CollectionSettings(0.5, channel_multiple=0)

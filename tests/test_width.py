@@ -468,3 +468,44 @@ def test_dims_modules_neither_set_nor_read_tridim_attributes():
         p.name for p in paths
     }
     assert [use for path in paths for use in _tridim_attribute_uses(path)] == []
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2"])
+def test_channel_multiple_keeps_every_pruned_layer_a_multiple(name):
+    model = randomise_batchnorms(build(name, 10, 3)).eval()
+    size = (3, 32, 32)
+    widths = {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    pruned = prune_width_to_macs(model, 0.5, input_size=size, channel_multiple=8, tolerance=0.05)
+    ratio = count_macs(pruned, size) / count_macs(model, size)
+    assert ratio == pytest.approx(0.5, rel=0.05)
+    changed = 0
+    for n, m in pruned.named_modules():
+        if isinstance(m, nn.Conv2d) and m.out_channels != widths[n]:
+            changed += 1
+            assert m.out_channels % 8 == 0, (n, m.out_channels)
+    assert changed > 5
+    assert pruned(torch.zeros(2, *size)).shape == (2, 10)
+    # the default prunes to counts that are not multiples (the option is what does it)
+    free = prune_width_to_macs(model, 0.5, input_size=size, tolerance=0.05)
+    assert any(m.out_channels % 8 for m in free.modules() if isinstance(m, nn.Conv2d))
+
+
+def test_channel_multiple_keeps_the_most_important_channels():
+    model = randomise_batchnorms(build("resnet20", 10, 3)).eval()
+    removal = select_channels(model, 0.5, example_input=torch.zeros(1, *SIZE), channel_multiple=8)
+    inner = [root for root in removal if root.endswith("conv1") and root != "conv1"]
+    assert len(inner) > 3  # a block's first conv: its channels reach its own BN only
+    for root in inner:
+        removed = removal[root]
+        scales = model.get_submodule(root.replace("conv1", "bn1")).weight.abs()
+        kept = sorted(set(range(len(scales))) - set(removed))
+        assert len(kept) % 8 == 0
+        assert scales[kept].min() >= scales[removed].max() - 1e-6, root
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_channel_multiple_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="channel_multiple must be a positive integer"):
+        prune_width(
+            build("resnet20", 10, 3), 0.5, example_input=torch.zeros(1, *SIZE), channel_multiple=bad
+        )

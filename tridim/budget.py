@@ -283,6 +283,7 @@ def realise_to_latency(
     gains=None,
     seed: int = 0,
     base_ms: float | None = None,
+    channel_multiple: int = 1,
 ) -> tuple[ResolutionWrapper, Plan, dict]:
     """Realise ``triple``'s depth and resolution, then the width that meets ``budget``.
 
@@ -295,6 +296,7 @@ def realise_to_latency(
     ``base_ms`` is the base model's latency measured when the budget was prepared
     (:attr:`PreparedBudget.base_ms`): an absolute budget's ratio is taken from it, so every
     trial aims at the same ratio. Without it the base model is timed here.
+    ``channel_multiple`` is passed on to :func:`tridim.realise`.
 
     Returns
     -------
@@ -329,6 +331,7 @@ def realise_to_latency(
             criterion=criterion,
             gains=gains,
             seed=seed,
+            channel_multiple=channel_multiple,
         )
         timing = budget.compare(wrapped, model, size)
         timings.append(timing)

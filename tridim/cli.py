@@ -243,6 +243,13 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_DESIGN}; one-shot only)",
     )
     parser.add_argument(
+        "--channel-multiple",
+        type=int,
+        default=1,
+        help="pruned layers keep a multiple of this many channels (default 1: any; 8: "
+        "what vectorised kernels prefer)",
+    )
+    parser.add_argument(
         "--collection",
         choices=["one-shot", "chain"],
         default="one-shot",
@@ -413,6 +420,7 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
         collection=args.collection,
         design=args.design,
         distill=not args.no_distill,
+        channel_multiple=args.channel_multiple,
     )
     if bundle is None or settings.criterion != "auto":
         return settings
@@ -569,6 +577,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         predictor=predictor,
         rounds=args.rounds,
         design=args.design,
+        channel_multiple=args.channel_multiple,
         collection=args.collection,
         epochs_per_step=args.epochs_per_step,
         final_epochs=args.final_epochs,
@@ -624,6 +633,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         workdir=workdir,
         rounds=args.rounds,
         design=args.design,
+        channel_multiple=args.channel_multiple,
         collection=args.collection,
         distill=not args.no_distill,
         epochs_per_step=args.epochs_per_step,
@@ -1017,6 +1027,126 @@ def _run_bench_latency(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_speedup(benches) -> None:
+    parser = benches.add_parser(
+        "speedup",
+        help="a latency budget run several times: met as measured, and every timer agrees",
+        description="From one trained base model, run optimize --target-speedup several "
+        "times on each runtime (a fresh run folder each), then time each final model "
+        "against the base as optimize's report did, as bench compare does, and in a fresh "
+        "process that loads the saved model; print how far each is from the target and "
+        "from each other. Cells are stored in --out as they finish (a re-run skips them).",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--target-speedup", type=float, default=1.5, help="default 1.5")
+    parser.add_argument(
+        "--runtimes", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "onnxruntime"]
+    )
+    parser.add_argument("--runs", type=int, default=3, help="runs per runtime (default 3)")
+    parser.add_argument("--base-epochs", type=int, default=10, help="default 10")
+    parser.add_argument("--latency-batch", type=int, default=64, help="default 64")
+    parser.add_argument("--repeats", type=int, default=15, help="timed passes (default 15)")
+    parser.add_argument("--out", default="runs/bench-speedup", help="cells and run folders")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quiet", action="store_true", help="hide progress bars")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_speedup)
+
+
+def _run_bench_speedup(args: argparse.Namespace) -> int:
+    from .bench.speedup import run_speedup_bench
+
+    result = run_speedup_bench(
+        args.data,
+        args.model,
+        out=args.out,
+        target_speedup=args.target_speedup,
+        runtimes=tuple(args.runtimes),
+        runs=args.runs,
+        base_epochs=args.base_epochs,
+        latency_batch=args.latency_batch,
+        repeats=args.repeats,
+        seed=args.seed,
+        quiet=args.quiet,
+        data_options=_data_options(args) or None,
+    )
+    config = result["config"]
+    print(
+        f"tridim bench speedup: {config['model']} on {config['data']}, base "
+        f"{result['base']['epochs']} epochs (test accuracy {result['base']['accuracy']:.4f}), "
+        f"target {config['target_speedup']:g}x at batch {config['latency_batch']}"
+    )
+    rows = [
+        {
+            "runtime": cell["runtime"],
+            "run": cell["run"],
+            "d": cell["triple"]["d"],
+            "w": cell["triple"]["w"],
+            "r": cell["triple"]["r"],
+            "accuracy": cell["accuracy"],
+            "optimize": cell["optimize"],
+            "bench_compare": cell["bench_compare"],
+            "fresh_process": cell["fresh_process"],
+            "off_target": cell["off_target"],
+            "disagreement": cell["disagreement"],
+            "base_ms_fresh": cell["base_ms"]["fresh_process"],
+        }
+        for cell in result["cells"]
+    ]
+    print(_table(rows))
+    print(
+        f"speed-ups: base / final latency at batch {config['latency_batch']}, timed in "
+        "alternating rounds by tridim.timing; off_target: the largest |speed-up / target - 1| "
+        "of the three; disagreement: largest / smallest of the three - 1. "
+        f"Largest off_target {result['max_off_target']:.1%}, "
+        f"largest disagreement {result['max_disagreement']:.1%}."
+    )
+    _write_json(args.json_out or Path(args.out) / "result.json", result)
+    return 0
+
+
+def _add_bench_channels(benches) -> None:
+    parser = benches.add_parser(
+        "channels",
+        help="channel counts in multiples of 8 against any count, at equal MACs",
+        description="Prune reference models by width to each MACs target with "
+        "channel_multiple=1 and 8 (seeded random BatchNorm scales: latency depends on "
+        "shapes, not weights, so nothing is trained), then time the base and both in "
+        "alternating rounds on each runtime and batch size.",
+    )
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.7, 0.5, 0.3])
+    parser.add_argument(
+        "--runtimes", nargs="+", default=["eager", "onnxruntime"], choices=["eager", "onnxruntime"]
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--repeats", type=int, default=20, help="timed passes (default 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_channels)
+
+
+def _run_bench_channels(args: argparse.Namespace) -> int:
+    from .bench.channels import run_channels_bench
+
+    result = run_channels_bench(
+        targets=tuple(args.targets),
+        runtimes=tuple(args.runtimes),
+        batches=tuple(args.batches),
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    keys = ("model", "target", "runtime", "batch", "macs_ratio_any", "macs_ratio_x8")
+    keys += ("speedup_any", "speedup_x8", "x8_over_any", "stable")
+    print(_table([{k: row[k] for k in keys} for row in result["rows"]]))
+    print(
+        "speedup: base / pruned latency, timed together in alternating rounds by "
+        "tridim.timing; x8_over_any: the multiples-of-8 model's speed-up / the any-count "
+        f"model's; {result['config']['threads']} threads."
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 #: ``bench compare``'s settings: the full benchmark's, and ``--quick``'s (digits-sized,
 #: minutes). An option given on the command line wins over either.
 COMPARE_DEFAULTS = {
@@ -1383,6 +1513,8 @@ _BENCHES: list[Callable] = [
     _add_bench_width,
     _add_bench_dims,
     _add_bench_latency,
+    _add_bench_speedup,
+    _add_bench_channels,
     _add_bench_compare,
     _add_bench_zoo,
     _add_bench_train,

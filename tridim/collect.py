@@ -38,6 +38,7 @@ from .data import DataBundle
 from .design import DEFAULT_DESIGN, axis_values, mixed_triples
 from .device import Execution, eval_mode, model_device
 from .dims.depth import block_gains, find_blocks
+from .dims.width import check_channel_multiple
 from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
 from .models import spec_of
@@ -87,6 +88,7 @@ class CollectionSettings:
     collection: str = "one-shot"
     design: int = DEFAULT_DESIGN
     distill: bool = True
+    channel_multiple: int = 1
 
     def __post_init__(self) -> None:
         from .dims.criteria import CRITERIA
@@ -122,10 +124,13 @@ class CollectionSettings:
             )
         if not isinstance(self.distill, bool):
             raise ValueError(f"distill must be True or False, got {self.distill!r}")
+        check_channel_multiple(self.channel_multiple)
 
     def manifest(self) -> dict:
         """The settings as the run folder's manifest records them (``ends`` only if set)."""
         fields = asdict(self)
+        if fields["channel_multiple"] == 1:  # as run folders made before the option read
+            del fields["channel_multiple"]
         if fields["ends"] is None:
             del fields["ends"]
         else:
@@ -264,6 +269,7 @@ def collect(
     collection: str = "one-shot",
     design: int = DEFAULT_DESIGN,
     distill: bool = True,
+    channel_multiple: int = 1,
     executor: Executor | None = None,
     cluster: str | None = None,
     quiet: bool = False,
@@ -307,6 +313,9 @@ def collect(
         ``1 + 3 * rounds + design`` samples (fewer when depth cannot change).
     distill : bool
         Distil from the base model while finetuning every sample.
+    channel_multiple : int
+        Every pruned channel group keeps a multiple of this many channels (1: any
+        count; 8: what vectorised kernels prefer, see README "Latency you can rely on").
     executor : concurrent.futures.Executor, optional
         Runs independent trials (one-shot samples, or the three chains) concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
@@ -343,6 +352,7 @@ def collect(
         collection=collection,
         design=design,
         distill=distill,
+        channel_multiple=channel_multiple,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
     with ray_trials(context, cluster) as trials:
@@ -391,6 +401,7 @@ def open_run(
         min_side=minimum_side(base, input_size),
         target_flops_ratio=settings.target_flops_ratio,
         criterion=settings.criterion,
+        channel_multiple=settings.channel_multiple,
         lr=settings.lr,
         batch_size=settings.batch_size,
         seed=settings.seed,

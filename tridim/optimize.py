@@ -168,6 +168,7 @@ def optimize(
     rank: int | str = "auto",
     collection: str = "one-shot",
     design: int = DEFAULT_DESIGN,
+    channel_multiple: int = 1,
     lr: float = 0.02,
     seed: int = 0,
     latency_batch: int = 64,
@@ -229,6 +230,10 @@ def optimize(
         Mixed samples on the budget's iso-cost surface besides the axis points
         (one-shot only; :mod:`tridim.design`; default none, see
         :data:`~tridim.design.DEFAULT_DESIGN`).
+    channel_multiple : int
+        Every pruned channel group keeps a multiple of this many channels (1, the
+        default: any count; 8: the counts vectorised kernels prefer). A MACs budget is
+        then met within 3% instead of 1%.
     lr : float
         Peak finetuning learning rate.
     seed : int
@@ -280,6 +285,7 @@ def optimize(
         collection=collection,
         design=design,
         distill=distill,
+        channel_multiple=channel_multiple,
     )
     check_cluster(cluster)
     if predictor is not None and budget is None:

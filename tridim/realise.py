@@ -25,7 +25,7 @@ from torch.utils.data import TensorDataset
 
 from .dims.depth import block_gains, blocks_to_keep, find_blocks, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, check_runs_at, reduced_size
-from .dims.width import WidthUnreachable
+from .dims.width import WidthUnreachable, check_channel_multiple
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .plan import Plan
@@ -34,6 +34,8 @@ from .space import Triple, as_triple, check_ratio
 __all__ = ["realise", "apply_plan", "plan_of", "count_channels"]
 
 DEFAULT_TOLERANCE = 0.01
+#: The MACs tolerance when channels go several at a time (``channel_multiple`` > 1).
+COARSE_TOLERANCE = 0.03
 
 
 def _criterion_name(criterion) -> str:
@@ -132,6 +134,7 @@ def _cut_width(
     data,
     seed: int,
     tolerance: float,
+    channel_multiple: int = 1,
 ) -> tuple[nn.Module, dict[str, list[int]]]:
     """Width step of :func:`realise` on the depth-pruned ``model`` (a copy it may modify).
 
@@ -146,7 +149,13 @@ def _cut_width(
         if w >= 1.0:
             return model, {}
         removal = select_channels(
-            model, w, example_input=example, criterion=criterion, data=data, seed=seed
+            model,
+            w,
+            example_input=example,
+            criterion=criterion,
+            data=data,
+            seed=seed,
+            channel_multiple=channel_multiple,
         )
     else:
         current_macs = count_macs(model, small_size)
@@ -166,6 +175,7 @@ def _cut_width(
             data=data,
             tolerance=tolerance,
             seed=seed,
+            channel_multiple=channel_multiple,
         )
     return remove_channels(model, removal, example_input=example, inplace=True), removal
 
@@ -180,7 +190,8 @@ def realise(
     criterion="bn_scale",
     gains=None,
     seed: int = 0,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
+    channel_multiple: int = 1,
 ) -> tuple[ResolutionWrapper, Plan]:
     """Build the model of a (d, w, r) triple: depth, then width, then resolution.
 
@@ -204,8 +215,12 @@ def realise(
         From :func:`tridim.block_gains` (records, their dicts or ``{name: gain}``).
     seed : int
         Seeds the probes and the width criterion.
-    tolerance : float
-        Relative tolerance on the MACs target (default 1%).
+    tolerance : float, optional
+        Relative tolerance on the MACs target (default 1%, or 3% with a
+        ``channel_multiple`` above 1: channels then go several at a time).
+    channel_multiple : int
+        Every pruned channel group keeps a multiple of this many channels (8: the counts
+        vectorised kernels prefer; see :func:`tridim.dims.width.select_channels`).
 
     Returns
     -------
@@ -232,6 +247,9 @@ def realise(
     differs from ``triple.cost`` by that rounding and by how the channels removed are
     spread over cheap and expensive layers.
     """
+    channel_multiple = check_channel_multiple(channel_multiple)
+    if tolerance is None:
+        tolerance = DEFAULT_TOLERANCE if channel_multiple == 1 else COARSE_TOLERANCE
     requested, size, target, tolerance = _checked_arguments(
         model, triple, input_size, target_flops_ratio, tolerance
     )
@@ -260,6 +278,7 @@ def realise(
                 data=_resized_data(data, criterion, side),
                 seed=seed,
                 tolerance=tolerance,
+                channel_multiple=channel_multiple,
             )
             pixels = side
             break

@@ -129,6 +129,8 @@ class TrialContext:
     min_side: int
     target_flops_ratio: float
     criterion: str = "bn_scale"
+    #: Pruned channel groups keep a multiple of this many channels.
+    channel_multiple: int = 1
     lr: float = 0.02
     batch_size: int = 128
     seed: int = 0
@@ -314,7 +316,13 @@ def _cut(
     if trial.triple is None:
         return _cut_step(trial, context, parent)
     gains = context.gains if trial.triple.d < 1 else None
-    common = dict(data=context.data, criterion=context.criterion, gains=gains, seed=context.seed)
+    common = dict(
+        data=context.data,
+        criterion=context.criterion,
+        gains=gains,
+        seed=context.seed,
+        channel_multiple=context.channel_multiple,
+    )
     # a private copy: trials on an executor's threads must not hook the same modules
     base = copy.deepcopy(context.base)
     if trial.kind in BUDGET_KINDS and context.latency is not None:
@@ -371,6 +379,7 @@ def _cut_step(
             criterion=context.criterion,
             data=context.data,
             seed=context.seed,
+            channel_multiple=context.channel_multiple,
         )
         removal = compose_removals(inner, removal, new)
         inner = remove_channels(inner, new, example_input=example, inplace=True)

@@ -10,9 +10,9 @@ plus the finetuning epochs.
 Depth and resolution alone move in whole blocks and whole pixels, so those rows take the
 achievable ratio nearest the target (their measured ratio is reported); width and the
 balanced triple hit the target within 1%. MACs count convolution and linear layers only.
-Latency is the median CPU wall time of a forward pass (:func:`tridim.measure_latency`)
-on this machine, timed round-robin over all models so that other load on the machine
-spreads evenly. The result is plain data; nothing is
+Latency is the median CPU wall time of a forward pass on this machine, every model timed
+together in alternating rounds by :func:`tridim.timing.time_models`, so that other load
+on the machine spreads evenly. The result is plain data; nothing is
 printed.
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 from typing import Any
 
@@ -29,10 +28,11 @@ import torch.nn as nn
 
 from tridim.data import DataBundle, load
 from tridim.dims.depth import block_gains, blocks_to_keep, find_blocks
-from tridim.measure import count_macs, count_params, measure_latency
+from tridim.measure import count_macs, count_params
 from tridim.models import CIFAR_RESNET_DEPTHS, build
 from tridim.realise import realise
 from tridim.space import check_ratio
+from tridim.timing import time_models
 from tridim.train import evaluate, train
 
 __all__ = ["run_dims_bench", "DEFAULT_BASE_EPOCHS"]
@@ -55,19 +55,23 @@ def _static_metrics(model: nn.Module, data: DataBundle, base_macs: int) -> dict:
 def _interleaved_latency(
     models: list[nn.Module], size, batch_size: int, rounds: int, repeats: int
 ) -> list[dict]:
-    """Median and minimum forward time per model, measured round-robin.
-
-    Timing every model a few times per round, over several rounds, spreads whatever
-    else the machine is doing evenly over the models instead of onto one of them.
-    """
-    per_model: list[list[float]] = [[] for _ in models]
-    fastest: list[float] = [math.inf for _ in models]
-    for _ in range(rounds):
-        for i, model in enumerate(models):
-            timing = measure_latency(model, size, batch_size, repeats=repeats, warmup=1)
-            per_model[i].append(timing["median_ms"])
-            fastest[i] = min(fastest[i], timing["min_ms"])
-    return [{"median_ms": statistics.median(t), "min_ms": m} for t, m in zip(per_model, fastest)]
+    """Median and minimum forward time per model, all timed together in alternating
+    rounds (:func:`tridim.timing.time_models`), so whatever else the machine is doing
+    spreads evenly over the models instead of onto one of them."""
+    timed = time_models(
+        {str(i): model for i, model in enumerate(models)},
+        size,
+        batch_size,
+        repeats=rounds * repeats,
+        rounds=rounds,
+    )
+    return [
+        {
+            "median_ms": timed["models"][str(i)]["median_ms"],
+            "min_ms": timed["models"][str(i)]["min_ms"],
+        }
+        for i in range(len(models))
+    ]
 
 
 def _closest(candidates: list[tuple[float, Any]], target: float):
@@ -283,10 +287,10 @@ def run_dims_bench(
 
     Notes
     -----
-    Latency is measured after all models are built, round-robin: each round times every
-    model in turn (``measure_latency``, one warm-up pass), and a model's latency is the
-    median of its per-round medians. On a shared machine this spreads interference over
-    all rows instead of onto one.
+    Latency is measured after all models are built, all together in alternating rounds
+    (:func:`tridim.timing.time_models`: a dedicated timing process, warm-up until stable,
+    a spread check). On a shared machine this spreads interference over all rows instead
+    of onto one.
     """
     target = check_ratio(target, "target")
     if not isinstance(epochs, int) or epochs < 0:

@@ -72,6 +72,20 @@ def check_min_keep(min_keep: float) -> float:
     return check_ratio(min_keep, "min_keep")
 
 
+def check_channel_multiple(channel_multiple: int) -> int:
+    """``channel_multiple`` as a positive int, or ValueError."""
+    if (
+        isinstance(channel_multiple, bool)
+        or not isinstance(channel_multiple, int)
+        or channel_multiple < 1
+    ):
+        raise ValueError(
+            f"channel_multiple must be a positive integer (1: any count, 8: multiples of 8), "
+            f"got {channel_multiple!r}"
+        )
+    return channel_multiple
+
+
 def check_tolerance(tolerance: float) -> float:
     """``tolerance`` as a float in (0, 1), or ValueError."""
     tolerance = float(tolerance)
@@ -102,11 +116,13 @@ class Ranking:
         Its prunable groups.
     scores : list of numpy.ndarray or None
         Per group, one score per channel (None: the criterion cannot score the group).
-    candidates : list of (int, int)
-        Removable ``(group index, slot)`` pairs, least important first; each group's
+    candidates : list of (int, tuple of int)
+        Removable ``(group index, slots)`` pairs, least important first; each group's
         ``min_keep`` floor of most important slots is left out. A slot is one channel,
         or in a group split in blocks (grouped convolutions) the same position in every
-        block, scored by its channels' mean.
+        block, scored by its channels' mean. A candidate holds one slot, or with a
+        ``channel_multiple`` above 1 as many as keep the group's slot count a multiple
+        of it, scored by its most important slot.
     """
 
     graph: object
@@ -119,19 +135,20 @@ class Ranking:
         """Channels of the groups the criterion scores."""
         return sum(g.size for g, s in zip(self.groups, self.scores) if s is not None)
 
-    def removal(self, chosen: Iterable[tuple[int, int]]) -> Removal:
-        """The removal of the chosen ``(group index, slot)`` pairs."""
+    def removal(self, chosen: Iterable[tuple[int, tuple[int, ...]]]) -> Removal:
+        """The removal of the chosen ``(group index, slots)`` candidates."""
         return _as_removal(self.groups, chosen)
 
-    def channels_of(self, candidate: tuple[int, int]) -> int:
+    def channels_of(self, candidate: tuple[int, tuple[int, ...]]) -> int:
         """How many channels removing one candidate takes out."""
-        return self.groups[candidate[0]].blocks
+        return self.groups[candidate[0]].blocks * len(candidate[1])
 
 
-def _as_removal(groups: Sequence[ChannelGroup], chosen: Iterable[tuple[int, int]]) -> Removal:
+def _as_removal(groups: Sequence[ChannelGroup], chosen) -> Removal:
     removal: Removal = {}
-    for gi, slot in chosen:
-        removal.setdefault(groups[gi].root, []).extend(groups[gi].slot_channels(slot))
+    for gi, slots in chosen:
+        for slot in slots:
+            removal.setdefault(groups[gi].root, []).extend(groups[gi].slot_channels(slot))
     return {root: sorted(idxs) for root, idxs in removal.items()}
 
 
@@ -143,8 +160,15 @@ def _score(model, groups, criterion, data, seed):
     return scores
 
 
-def _ranked_candidates(groups: Sequence[ChannelGroup], scores, min_keep: float):
-    """Removable (group, slot) pairs, least important first; floors protected."""
+def _ranked_candidates(
+    groups: Sequence[ChannelGroup], scores, min_keep: float, multiple: int = 1
+) -> list[tuple[int, tuple[int, ...]]]:
+    """Removable (group, slots) candidates, least important first; floors protected.
+
+    With ``multiple`` above 1 a group's first candidate takes its slot count down to a
+    multiple of ``multiple`` and each later one takes ``multiple`` slots, so any prefix
+    leaves every group a multiple (a group smaller than ``multiple`` keeps all its slots).
+    """
     entries = []
     for gi, (group, values) in enumerate(zip(groups, scores)):
         if values is None:
@@ -152,11 +176,21 @@ def _ranked_candidates(groups: Sequence[ChannelGroup], scores, min_keep: float):
         # a slot's channels are values[slot::slots]: average over the blocks
         slot_values = np.asarray(values).reshape(group.blocks, group.slots).mean(axis=0)
         floor = max(1, math.ceil(min_keep * group.slots))
+        if multiple > 1:
+            floor = min(multiple * math.ceil(floor / multiple), group.slots)
         order = np.argsort(-slot_values, kind="stable")  # most important first
-        for slot in order[floor:]:
-            entries.append((float(slot_values[slot]), gi, int(slot)))
+        removable = [int(slot) for slot in order[floor:]][::-1]  # least important first
+        first = group.slots % multiple if multiple > 1 else 1
+        start = 0
+        while start < len(removable):
+            size = first if start == 0 and first else (multiple if multiple > 1 else 1)
+            chunk = tuple(removable[start : start + size])
+            # a chunk goes when its most important slot would: later chunks stay later
+            order_key = start if multiple > 1 else chunk[0]
+            entries.append((float(slot_values[list(chunk)].max()), gi, order_key, chunk))
+            start += size
     entries.sort()
-    return [(gi, slot) for _, gi, slot in entries]
+    return [(gi, chunk) for _, gi, _, chunk in entries]
 
 
 def rank_channels(
@@ -167,11 +201,13 @@ def rank_channels(
     ignored_layers,
     seed: int,
     min_keep: float,
+    channel_multiple: int = 1,
 ) -> Ranking:
     """Trace ``model``, score its channel groups and rank the removable channels."""
     graph, groups = analyse(model, example_input, ignored_layers)
     scores = _score(model, groups, criterion, data, seed)
-    return Ranking(graph, groups, scores, _ranked_candidates(groups, scores, min_keep))
+    candidates = _ranked_candidates(groups, scores, min_keep, channel_multiple)
+    return Ranking(graph, groups, scores, candidates)
 
 
 def _keep_fraction(ranking: Ranking, w: float) -> Removal:
@@ -193,6 +229,7 @@ def select_channels(
     ignored_layers: Iterable[str | nn.Module] | None = None,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
+    channel_multiple: int = 1,
 ) -> Removal:
     """Choose the channels to remove so that a fraction ``w`` of them is kept.
 
@@ -218,6 +255,10 @@ def select_channels(
     min_keep : float in (0, 1]
         Each group keeps at least ``max(1, ceil(min_keep * size))`` channels, so the
         kept fraction can exceed ``w`` when ``w`` is very small.
+    channel_multiple : int
+        Every pruned group keeps a multiple of this many channels (8: what vectorised CPU
+        and tensor-core kernels prefer); a group smaller than it is not pruned. 1: any
+        count.
 
     Returns
     -------
@@ -228,7 +269,10 @@ def select_channels(
     """
     w = check_ratio(w, "w")
     min_keep = check_min_keep(min_keep)
-    ranking = rank_channels(model, example_input, criterion, data, ignored_layers, seed, min_keep)
+    channel_multiple = check_channel_multiple(channel_multiple)
+    ranking = rank_channels(
+        model, example_input, criterion, data, ignored_layers, seed, min_keep, channel_multiple
+    )
     return _keep_fraction(ranking, w)
 
 
@@ -402,6 +446,7 @@ def prune_width(
     inplace: bool = False,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
+    channel_multiple: int = 1,
 ) -> nn.Module:
     """Keep a fraction ``w`` of the prunable channels: :func:`select_channels` + removal.
 
@@ -430,8 +475,11 @@ def prune_width(
     """
     w = check_ratio(w, "w")
     min_keep = check_min_keep(min_keep)
+    channel_multiple = check_channel_multiple(channel_multiple)
     target = model if inplace else copy.deepcopy(model)
-    ranking = rank_channels(target, example_input, criterion, data, ignored_layers, seed, min_keep)
+    ranking = rank_channels(
+        target, example_input, criterion, data, ignored_layers, seed, min_keep, channel_multiple
+    )
     return apply_removal(target, ranking.graph, ranking.groups, _keep_fraction(ranking, w))
 
 
@@ -482,10 +530,11 @@ class _MacsModel:
 
 
 def _removed_sets(groups: Sequence[ChannelGroup], chosen) -> dict[int, np.ndarray]:
-    """{group index: removed channels} of the chosen ``(group index, slot)`` pairs."""
+    """{group index: removed channels} of the chosen ``(group index, slots)`` candidates."""
     sets: dict[int, list[int]] = {}
-    for gi, slot in chosen:
-        sets.setdefault(gi, []).extend(groups[gi].slot_channels(slot))
+    for gi, slots in chosen:
+        for slot in slots:
+            sets.setdefault(gi, []).extend(groups[gi].slot_channels(slot))
     return {gi: np.asarray(v) for gi, v in sets.items()}
 
 
@@ -580,12 +629,15 @@ class WidthUnreachable(ValueError):
     """Width alone cannot land within the tolerance of a MACs target (channels too coarse)."""
 
 
-def _check_reached(ratio: float, target_ratio: float, tolerance: float, min_keep: float) -> None:
+def _check_reached(
+    ratio: float, target_ratio: float, tolerance: float, min_keep: float, multiple: int = 1
+) -> None:
     if abs(ratio - target_ratio) > tolerance * target_ratio:
+        steps = f" and channel_multiple={multiple} (channels go {multiple} at a time)"
         raise WidthUnreachable(
             f"could not reach MACs ratio {target_ratio:g} within {tolerance:.0%} by width "
-            f"(got {ratio:.4f}); with min_keep={min_keep:g} the smallest reachable ratio "
-            "is limited by the channels every layer keeps"
+            f"(got {ratio:.4f}); with min_keep={min_keep:g}{steps if multiple > 1 else ''} "
+            "the reachable ratios are limited by the channels every layer keeps"
         )
 
 
@@ -600,6 +652,7 @@ def prune_width_to_macs_with_removal(
     tolerance: float = 0.01,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
+    channel_multiple: int = 1,
 ) -> tuple[nn.Module, Removal]:
     """Prune a copy of ``model`` to a MACs ratio and say which channels went.
 
@@ -622,10 +675,13 @@ def prune_width_to_macs_with_removal(
     target_ratio = check_ratio(target_ratio, "target_ratio")
     tolerance = check_tolerance(tolerance)
     min_keep = check_min_keep(min_keep)
+    channel_multiple = check_channel_multiple(channel_multiple)
     example = example_for(input_size, seed)
     reference = count_macs(model, input_size)
     target = copy.deepcopy(model)
-    ranking = rank_channels(target, example, criterion, data, ignored_layers, seed, min_keep)
+    ranking = rank_channels(
+        target, example, criterion, data, ignored_layers, seed, min_keep, channel_multiple
+    )
     chosen, _ = choose_for_macs(
         target,
         ranking.groups,
@@ -638,7 +694,8 @@ def prune_width_to_macs_with_removal(
     )
     removal = ranking.removal(chosen)
     apply_removal(target, ranking.graph, ranking.groups, removal)
-    _check_reached(count_macs(target, input_size) / reference, target_ratio, tolerance, min_keep)
+    ratio = count_macs(target, input_size) / reference
+    _check_reached(ratio, target_ratio, tolerance, min_keep, channel_multiple)
     return target, removal
 
 
@@ -653,6 +710,7 @@ def select_channels_for_macs(
     tolerance: float = 0.01,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
+    channel_multiple: int = 1,
 ) -> Removal:
     """Choose the channels to remove so that the MACs ratio is within ``tolerance`` of a target.
 
@@ -699,6 +757,7 @@ def select_channels_for_macs(
         tolerance=tolerance,
         seed=seed,
         min_keep=min_keep,
+        channel_multiple=channel_multiple,
     )
     return removal
 
@@ -715,6 +774,7 @@ def prune_width_to_macs(
     inplace: bool = False,
     seed: int = 0,
     min_keep: float = DEFAULT_MIN_KEEP,
+    channel_multiple: int = 1,
 ) -> nn.Module:
     """Prune width until the measured MACs ratio is within ``tolerance`` of the target.
 
@@ -757,6 +817,7 @@ def prune_width_to_macs(
         tolerance=tolerance,
         seed=seed,
         min_keep=min_keep,
+        channel_multiple=channel_multiple,
     )
     if not inplace:
         return pruned
