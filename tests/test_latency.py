@@ -218,3 +218,35 @@ def test_cli_refuses_bad_latency_budgets_before_training(tmp_path, capsys):
         error = capsys.readouterr().err
         assert status == 2 and message in error and "Traceback" not in error
     assert not (tmp_path / "w").exists()
+
+
+def _fake_attempt(cost):
+    """An attempt(w, r) whose measured ratio is ``cost(w, side)`` on a 16-pixel input."""
+    calls = []
+
+    def attempt(w, r):
+        calls.append((w, round(r * 16)))
+        return ("model", (w, r), cost(w, round(r * 16)))
+
+    return attempt, calls
+
+
+def test_a_too_fast_full_width_candidate_gets_resolution_back():
+    from tridim.budget import _give_resolution_back
+
+    attempt, calls = _fake_attempt(lambda w, side: w**2 * (side / 16) ** 2)
+    start = attempt(1.0, 7 / 16)  # the table's triple: 0.19, far faster than 0.667
+    _, (w, r), ratio = _give_resolution_back(attempt, start, 7 / 16, (1, 16, 16), 2 / 3, 0.05)
+    assert (w, round(r * 16)) == (1.0, 13) and ratio == pytest.approx(169 / 256)
+    assert len(calls) <= 5  # bisection over sides, not every side
+
+
+def test_between_two_sides_width_meets_the_budget_at_the_larger_one():
+    from tridim.budget import _give_resolution_back
+
+    # side 11 full width: 0.61 (meets, too fast); side 12: 0.73 (misses): width at 12
+    attempt, _ = _fake_attempt(lambda w, side: 1.3 * w**2 * (side / 16) ** 2)
+    start = attempt(1.0, 7 / 16)
+    _, (w, r), ratio = _give_resolution_back(attempt, start, 7 / 16, (1, 16, 16), 2 / 3, 0.05)
+    assert round(r * 16) == 12 and w < 1.0
+    assert 2 / 3 * 0.95 <= ratio <= 2 / 3 * 1.05

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from .atomic import atomic_write_json
 from .costs import CostModel, latency_cost
-from .dims.resolution import ResolutionWrapper
+from .dims.resolution import ResolutionWrapper, reduced_size
 from .latency import LatencyTable
 from .plan import Plan
 from .runtimes import check_runtime, time_ratio
@@ -291,7 +291,10 @@ def realise_to_latency(
     model in alternating rounds on the budget's runtime (:meth:`LatencyBudget.compare`),
     bisecting in ``log w`` from the triple's own ``w``, until the measured latency ratio
     is within the budget's tolerance (at most :data:`MAX_ATTEMPTS` candidates). The widest
-    candidate that meets the budget is kept.
+    candidate that meets the budget is kept. When depth and resolution alone are faster
+    than the tolerance allows (the latency table misjudged the triple), the resolution is
+    raised again by bisection over whole pixels, and width searched at the first side that
+    misses the budget: the slowest candidate that meets it is kept.
 
     ``base_ms`` is the base model's latency measured when the budget was prepared
     (:attr:`PreparedBudget.base_ms`): an absolute budget's ratio is taken from it, so every
@@ -303,7 +306,8 @@ def realise_to_latency(
     pruned, plan
         As from :func:`tridim.realise`.
     measured : dict
-        ``{"base_ms", "pruned_ms", "target_ratio", "ratio", "attempts"}``.
+        ``{"base_ms", "pruned_ms", "target_ratio", "ratio", "attempts", "timing"}``:
+        every candidate's ``w``, ``r`` and measured ratio, and the state it was timed in.
 
     Raises
     ------
@@ -322,10 +326,10 @@ def realise_to_latency(
         base_ms = budget.time_ms(model, size)
     target = budget.ratio(base_ms if absolute else math.nan)
 
-    def attempt(w: float):
+    def attempt(w: float, r: float):
         wrapped, plan = realise(
             model,
-            Triple(requested.d, w, requested.r),
+            Triple(requested.d, w, r),
             input_size=size,
             data=data,
             criterion=criterion,
@@ -334,11 +338,13 @@ def realise_to_latency(
             channel_multiple=channel_multiple,
         )
         timing = budget.compare(wrapped, model, size)
-        timings.append(timing)
+        timings.append({**timing, "w": w, "r": r})
         return wrapped, plan, timing["ratio"]
 
     timings: list[dict] = []
-    best, tried = _search_width(attempt, requested.w, target, budget.tolerance)
+    best, tried = _search_width(
+        lambda w: attempt(w, requested.r), requested.w, target, budget.tolerance
+    )
     if best is None:
         w, ratio = min(tried)
         raise ValueError(
@@ -346,6 +352,8 @@ def realise_to_latency(
             f"the thinnest tried (w={w:.3f}) measured a latency ratio of {ratio:.3f} "
             f"against the target {target:.3f}; lower d or r, or ask for less speed-up"
         )
+    if best[2] < target * (1 - budget.tolerance) and best[1].realised.w >= 1.0:
+        best = _give_resolution_back(attempt, best, requested.r, size, target, budget.tolerance)
     wrapped, plan, ratio = best
     chosen = next(t for t in timings if t["ratio"] == ratio)
     measured = {
@@ -353,9 +361,34 @@ def realise_to_latency(
         "pruned_ms": chosen["model_ms"],
         "target_ratio": target,
         "ratio": ratio,
-        "attempts": [{"w": w, "ratio": r} for w, r in tried],
+        "attempts": [{k: t[k] for k in ("w", "r", "ratio")} for t in timings],
+        "timing": chosen["state"],
     }
     return wrapped, plan, measured
+
+
+def _give_resolution_back(attempt, best, r: float, size, target: float, tolerance: float):
+    """Depth and resolution alone are faster than asked (the latency table misjudged small
+    inputs): raise the resolution by bisection over whole pixels while the full-width
+    model meets the budget; at the first side that misses it, search width there too.
+    Returns the candidate nearest the target among those meeting the budget."""
+    side = reduced_size(r, size)[0]
+    low, high = side, size[1]  # low meets the budget at full width, high (the base) does not
+    candidates = [best]
+    while high - low > 1:
+        middle = (low + high) // 2
+        found = attempt(1.0, middle / size[1])
+        if found[2] <= target * (1 + tolerance):
+            low, candidates = middle, candidates + [found]
+            if found[2] >= target * (1 - tolerance):
+                return found
+        else:
+            high = middle
+    if high < size[1]:
+        thinner, _ = _search_width(lambda w: attempt(w, high / size[1]), 1.0, target, tolerance)
+        if thinner is not None:
+            candidates.append(thinner)
+    return max(candidates, key=lambda c: c[2])  # the slowest that meets: the most kept
 
 
 def _search_width(attempt, start: float, target: float, tolerance: float):
