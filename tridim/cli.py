@@ -1147,6 +1147,34 @@ def _run_bench_channels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_allocator(benches) -> None:
+    parser = benches.add_parser(
+        "allocator",
+        help="why tridim times in a controlled state: allocator and ONNX Runtime threads",
+        description="Time an untrained ResNet-20 (28x28, batch 64) in fresh processes: "
+        "eager in a fresh process and after five training steps, with glibc as it starts "
+        "and with the heap pinned; ONNX Runtime alone and as two sessions taking turns, "
+        "with and without spinning threads.",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per case")
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_allocator)
+
+
+def _run_bench_allocator(args: argparse.Namespace) -> int:
+    from .bench.allocator import run_allocator_bench
+
+    result = run_allocator_bench(args.repeats)
+    keys = ("case", "fresh_ms", "after_training_ms", "two_sessions_ms")
+    print(_table([{k: row.get(k) for k in keys} for row in result["rows"]]))
+    print(
+        f"milliseconds per batch of {result['config']['batch']}, median of 15 passes, "
+        f"median over {args.repeats} fresh processes."
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 #: ``bench compare``'s settings: the full benchmark's, and ``--quick``'s (digits-sized,
 #: minutes). An option given on the command line wins over either.
 COMPARE_DEFAULTS = {
@@ -1515,6 +1543,7 @@ _BENCHES: list[Callable] = [
     _add_bench_latency,
     _add_bench_speedup,
     _add_bench_channels,
+    _add_bench_allocator,
     _add_bench_compare,
     _add_bench_zoo,
     _add_bench_train,

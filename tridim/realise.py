@@ -247,11 +247,8 @@ def realise(
     differs from ``triple.cost`` by that rounding and by how the channels removed are
     spread over cheap and expensive layers.
     """
-    channel_multiple = check_channel_multiple(channel_multiple)
-    if tolerance is None:
-        tolerance = DEFAULT_TOLERANCE if channel_multiple == 1 else COARSE_TOLERANCE
     requested, size, target, tolerance = _checked_arguments(
-        model, triple, input_size, target_flops_ratio, tolerance
+        model, triple, input_size, target_flops_ratio, tolerance, channel_multiple
     )
     base_macs = count_macs(model, size)
     target_macs = None if target is None else target * base_macs
@@ -311,7 +308,10 @@ def realise(
     return wrapped, plan
 
 
-def _checked_arguments(model, triple, input_size, target_flops_ratio, tolerance):
+def _checked_arguments(model, triple, input_size, target_flops_ratio, tolerance, multiple):
+    coarse = check_channel_multiple(multiple) > 1  # channels go several at a time
+    if tolerance is None:
+        tolerance = COARSE_TOLERANCE if coarse else DEFAULT_TOLERANCE
     if isinstance(model, ResolutionWrapper):
         raise TypeError("model is already resolution-wrapped: pass its .model")
     target = None
