@@ -41,3 +41,36 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_debris(tmp_path):
         atomic_write(path, disk_full)
     assert path.read_bytes() == b"old weights"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
+
+
+def test_a_collection_stopped_by_a_full_disk_resumes_to_the_same_samples(
+    tiny, base_model, tmp_path, monkeypatch
+):
+    """The disk fills during the fourth file a collection writes (a trial's weights):
+    the run stops with the OSError, and once there is space again a re-run finishes with
+    the samples of a run that never saw the error, each once."""
+    from tridim.collect import collect
+
+    settings = dict(rounds=1, epochs_per_step=1, quiet=True)
+    reference = collect(base_model, tiny, 0.5, workdir=tmp_path / "reference", **settings)
+    writes = []
+    real_fsync = os.fsync
+
+    def fills_up(fd):
+        writes.append(fd)
+        if len(writes) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr("tridim.atomic.os.fsync", fills_up)
+    with pytest.raises(OSError, match="No space left"):
+        collect(base_model, tiny, 0.5, workdir=tmp_path / "full", **settings)
+    monkeypatch.undo()
+    leftovers = [p for p in (tmp_path / "full").rglob(".*") if p.is_file()]
+    assert not leftovers  # no half-written temporary file
+    resumed = collect(base_model, tiny, 0.5, workdir=tmp_path / "full", **settings)
+    keys = [s.extra["key"] for s in resumed]
+    assert len(keys) == len(set(keys)) == len(reference)
+    assert [(s.d, s.w, s.r, s.accuracy) for s in resumed] == [
+        (s.d, s.w, s.r, s.accuracy) for s in reference
+    ]
