@@ -16,6 +16,7 @@ from conftest import randomise_batchnorm
 import tridim
 from tridim import models
 from tridim.cli import main
+from tridim.samples import read_samples
 from tridim.store import RunStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,6 +37,7 @@ def fitted_run(tiny, base_model, tmp_path_factory):
         quiet=True,
         latency_repeats=3,
         latency_batch=8,
+        base_training_epochs=3,  # conftest's base_model
     )
     return workdir, result
 
@@ -296,6 +298,24 @@ def test_latency_is_reported_with_its_spread_and_the_state_it_was_timed_in(fitte
     )
     unstable = [key for key, state in report["timing"].items() if not state["stable"]]
     assert len(report["warnings"]) == len(unstable)
+
+
+def test_the_report_says_what_the_run_cost_in_base_trainings(fitted_run, tiny):
+    workdir, result = fitted_run
+    compute = result.report["compute"]
+    journal = read_samples(workdir / "samples.jsonl")
+    trained = [s for s in journal if s.extra["epochs"] > 0]
+    expected = sum(s.extra["epochs"] * (s.extra["macs_ratio"] + 1 / 3) for s in trained) / 3
+    assert compute["search"]["trials"] == len(trained) == 6  # two per dimension
+    assert compute["search"]["base_trainings"] == pytest.approx(expected)
+    assert compute["search"]["images"] == 6 * len(tiny.train)
+    assert compute["stages"]["final"]["epochs"] == 1 and compute["stages"]["refine"]["trials"] == 0
+    assert compute["total"]["base_epochs"] > compute["search"]["base_epochs"]
+    markdown = (workdir / "report.md").read_text()
+    line = f"= {compute['search']['base_trainings']:.2f} base trainings"
+    assert (
+        "| compute before the final finetune | 6 trials, 6 epochs," in markdown and line in markdown
+    )
 
 
 # ---------------------------------------------------------------------- 6. progress

@@ -587,6 +587,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         seed=args.seed,
         quiet=args.quiet,
         cluster=args.cluster,
+        base_training_epochs=None if args.weights else args.base_epochs,
         **execution,
     )
     if not store.writes:
@@ -641,6 +642,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         seed=args.seed,
         quiet=args.quiet,
         cluster=args.cluster,
+        base_training_epochs=None if args.weights else args.base_epochs,
         **execution,
     )
     if not store.writes:

@@ -45,6 +45,7 @@ from .collect import (
     open_run,
     run_collection,
 )
+from .compute import compute_record, stage_cost
 from .costs import CostModel, macs_cost
 from .data import DataBundle
 from .design import DEFAULT_DESIGN
@@ -132,9 +133,12 @@ class OptimizeSettings:
     rank: int | str = "auto"
     latency_batch: int = 64
     latency_repeats: int = 15
+    base_training_epochs: int | None = None
 
     def __post_init__(self) -> None:
         _check_count(self.final_epochs, "final_epochs", minimum=0)
+        if self.base_training_epochs is not None:
+            _check_count(self.base_training_epochs, "base_training_epochs", minimum=1)
         _check_count(self.refine, "refine", minimum=0)
         if self.degree != "auto":
             _check_count(self.degree, "degree", minimum=1)
@@ -145,7 +149,8 @@ class OptimizeSettings:
 
     def manifest(self) -> dict:
         """The settings that change what a run's trials compute."""
-        return {k: v for k, v in asdict(self).items() if not k.startswith("latency")}
+        reported_only = ("latency_batch", "latency_repeats", "base_training_epochs")
+        return {k: v for k, v in asdict(self).items() if k not in reported_only}
 
 
 def optimize(
@@ -178,6 +183,7 @@ def optimize(
     precision: str = "fp32",
     channels_last: bool = False,
     cluster: str | None = None,
+    base_training_epochs: int | None = None,
 ) -> CompressionResult:
     """Compress ``model`` to a MACs or latency budget along depth, width and resolution.
 
@@ -255,6 +261,9 @@ def optimize(
         ``"ray"``: run the collection's trials (three dimensions side by side), the
         refine trials and the final trial as Ray tasks (see :mod:`tridim.cluster`); this
         process writes the run folder.
+    base_training_epochs : int, optional
+        The epochs the base model was trained for: ``report["compute"]`` then gives every
+        stage's cost in base-training equivalents (:mod:`tridim.compute`).
 
     Returns
     -------
@@ -268,7 +277,14 @@ def optimize(
         holding another run.
     """
     settings = OptimizeSettings(
-        final_epochs, refine, distill, degree, rank, latency_batch, latency_repeats
+        final_epochs,
+        refine,
+        distill,
+        degree,
+        rank,
+        latency_batch,
+        latency_repeats,
+        base_training_epochs,
     )
     execution = Execution.of(device, precision, channels_last)
     budget = _latency_budget(
@@ -601,6 +617,7 @@ class _Pipeline:
         latency = self._timed("latency", self._latency, final.model)
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
+        report["compute"] = self._compute(samples, len(refinements), final)
         report["val_accuracy"] = evaluate_split(final.model, "val", self.context)
         report["predictor"] = self.selection
         report["samples_meaning"] = self._samples_meaning()
@@ -720,6 +737,20 @@ class _Pipeline:
             "measured_ms": {"before": timing["base_ms"], "after": timing["model_ms"]},
             "timing": timing["state"],
         }
+
+    def _compute(self, samples: list[Sample], refined: int, final: TrialResult) -> dict:
+        """What this run's trials cost (a reused predictor's collection cost nothing here)."""
+        collected = [] if self.reused_predictor else samples[: len(samples) - refined]
+        stages = {
+            "collection": collected,
+            "refine": samples[len(samples) - refined :],
+            "final": [final.sample],
+        }
+        common = dict(train_images=len(self.context.data.train), distill=self.collection.distill)
+        return compute_record(
+            {name: stage_cost(members, **common) for name, members in stages.items()},
+            self.settings.base_training_epochs,
+        )
 
     def _samples_meaning(self) -> str:
         """One sentence: what the accuracies the predictor learnt from are."""

@@ -147,6 +147,7 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
         ("latency batch 1 (ms)", _latency_cell(report, "batch_1")),
         (f"latency {batch_key.replace('_', ' ')} (ms)", _latency_cell(report, batch_key)),
         *([("timed in", describe_timing(timed))] if timed else []),
+        *_compute_rows(report.get("compute")),
         ("samples", str(report["n_samples"])),
         ("seconds", ", ".join(f"{k} {v:.1f}" for k, v in report["seconds"].items())),
     ]
@@ -178,6 +179,23 @@ def _budget_rows(report: dict) -> list[tuple[str, str]]:
 
 def _predicted_label(report: dict) -> str:
     return "predicted accuracy (validation)" if report.get("prediction") else "predicted accuracy"
+
+
+def _compute_rows(compute: dict | None) -> list[tuple[str, str]]:
+    """The search's and the whole run's cost (reports before tridim 0.3 have none)."""
+    if not compute:
+        return []
+    rows = []
+    for key, label in (("search", "compute before the final finetune"), ("total", "compute")):
+        cost = compute[key]
+        text = (
+            f"{cost['trials']} trials, {cost['epochs']} epochs, {cost['images']:,} images, "
+            f"{cost['seconds']:.0f} s; {cost['base_epochs']:.2f} base epochs"
+        )
+        if cost.get("base_trainings") is not None:
+            text += f" = {cost['base_trainings']:.2f} base trainings"
+        rows.append((label, text))
+    return rows
 
 
 def describe_timing(state: dict) -> str:

@@ -422,6 +422,7 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
         final_epochs=o["final_epochs"],
         refine=o["refine"],
         lr=FINAL_LR,
+        base_training_epochs=setup.base_record["epochs"] or None,
         seed=seed,
         quiet=o["quiet"],
         latency_batch=o["latency_batch"],
@@ -436,6 +437,7 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
         "solved_triple": report["solved_triple"],
         "before_final_epochs": (report["n_samples"] - 1) * o["epochs_per_step"],
         "before_final_seconds": seconds.get("collect", 0.0) + seconds.get("refine", 0.0),
+        "before_final_base_trainings": report["compute"]["search"]["base_trainings"],
         "final_epochs": o["final_epochs"],
         "final_seconds": seconds.get("finetune", 0.0),
         "predicted_accuracy": report["predicted_accuracy"],
@@ -667,6 +669,10 @@ def summarise(cells: list[dict]) -> list[dict]:
         batch_keys = [k for k in group[0] if k.startswith("speedup_b") and k != "speedup_b1"]
         row["speedup_batch"] = statistics.mean(c[batch_keys[0]] for c in group)
         row["before_final_seconds"] = statistics.mean(c["before_final_seconds"] for c in group)
+        costs = [c.get("before_final_base_trainings") for c in group]
+        row["before_final_base_trainings"] = (
+            statistics.mean(costs) if costs and None not in costs else None
+        )
         errors = [c["refine_abs_error"] for c in group if c.get("refine_abs_error") is not None]
         if errors:
             row["refine_abs_error"] = statistics.mean(errors)
@@ -721,15 +727,18 @@ def render_markdown(result: dict) -> str:
     batch = result["config"]["latency_batch"]
     lines = [
         f"| target | method | seeds | accuracy (mean) | spread | MACs ratio | params "
-        f"| speed-up b1 | speed-up b{batch} | epochs before final | seconds before final |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| speed-up b1 | speed-up b{batch} | epochs before final | seconds before final "
+        "| base trainings before final |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in result["summary"]:
+        cost = row.get("before_final_base_trainings")
         lines.append(
             f"| {row['target']:g} | {row['method']} | {row['seeds']} | {row['accuracy']:.4f} "
             f"| {row['spread']:.4f} | {row['macs_ratio']:.3f} | {row['params']:,.0f} "
             f"| {row['speedup_b1']:.2f}x | {row['speedup_batch']:.2f}x "
-            f"| {row['before_final_epochs']:.3g} | {row['before_final_seconds']:.0f} |"
+            f"| {row['before_final_epochs']:.3g} | {row['before_final_seconds']:.0f} "
+            f"| {'' if cost is None else format(cost, '.2f')} |"
         )
     base = result["base"]
     line = f"base model: {base['epochs']} epochs"

@@ -1,0 +1,73 @@
+"""What a run cost: trials, epochs, images, seconds and base-training equivalents.
+
+A trial that finetunes a model of MACs ratio ``m`` for ``e`` epochs costs about
+``e * m`` epochs of the base model's training (a training step is one forward and one
+backward pass, both proportional to MACs). Distilling from the base model adds its
+forward pass to every step: a third of a base training step (a backward pass costs about
+two forward passes), so a distilled trial costs ``e * (m + 1/3)`` base epochs. Divided by
+the epochs the base model was trained for, that is the trial's cost in
+**base-training equivalents**: 1.0 is what training the base model once cost.
+
+This module does not import torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .samples import Sample
+
+__all__ = ["FORMULA", "TEACHER_SHARE", "stage_cost", "compute_record"]
+
+#: A teacher's forward pass, as a share of one base training step (forward + backward).
+TEACHER_SHARE = 1.0 / 3.0
+FORMULA = (
+    "base epochs = epochs x (MACs ratio + 1/3 if distilled from the base model); "
+    "base-training equivalents = base epochs / the epochs the base model was trained for"
+)
+
+
+def stage_cost(samples: Iterable[Sample], *, train_images: int, distill: bool) -> dict:
+    """Trials, epochs, images seen, seconds and base epochs of one stage's samples."""
+    samples = list(samples)
+    teacher = TEACHER_SHARE if distill else 0.0
+    epochs = [int(s.extra.get("epochs", 0)) for s in samples]
+    return {
+        "trials": sum(e > 0 for e in epochs),
+        "epochs": sum(epochs),
+        "images": sum(epochs) * train_images,
+        "seconds": sum(float(s.extra.get("seconds", 0.0)) for s in samples),
+        "base_epochs": sum(
+            e * (float(s.extra.get("macs_ratio", 1.0)) + teacher)
+            for e, s in zip(epochs, samples)
+            if e > 0
+        ),
+    }
+
+
+def compute_record(stages: Mapping[str, dict], base_training_epochs: int | None) -> dict:
+    """``report["compute"]``: each stage's cost, the search's (every stage but the final
+    finetune and the base) and the total, in base-training equivalents when the base
+    model's training epochs are known (else None)."""
+
+    def equivalents(cost: dict) -> dict:
+        share = None
+        if base_training_epochs:
+            share = cost["base_epochs"] / base_training_epochs
+        return {**cost, "base_trainings": share}
+
+    search = [name for name in stages if name not in ("base", "final")]
+    totals = {
+        name: {key: sum(stages[s][key] for s in members) for key in _KEYS}
+        for name, members in (("search", search), ("total", list(stages)))
+    }
+    return {
+        "formula": FORMULA,
+        "base_training_epochs": base_training_epochs,
+        "stages": {name: equivalents(cost) for name, cost in stages.items()},
+        "search": equivalents(totals["search"]),
+        "total": equivalents(totals["total"]),
+    }
+
+
+_KEYS = ("trials", "epochs", "images", "seconds", "base_epochs")
