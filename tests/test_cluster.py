@@ -43,7 +43,7 @@ def test_ray_collection_equals_a_sequential_one(local_ray, tiny, base_model, tmp
 
 
 def test_unknown_cluster_is_refused(tiny, base_model, tmp_path):
-    with pytest.raises(ValueError, match="cluster must be None or 'ray'"):
+    with pytest.raises(ValueError, match="cluster must be None, 'processes' or 'ray'"):
         tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, cluster="slurm")
     assert not any(tmp_path.iterdir())  # refused before anything was written
 

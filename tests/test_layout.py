@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tridim"
-TORCH_FREE = ("space", "design", "samples", "predictor", "solver", "plan", "atomic", "report")
+TORCH_FREE = (
+    "space",
+    "design",
+    "samples",
+    "predictor",
+    "solver",
+    "plan",
+    "atomic",
+    "report",
+    "compute",
+)
 
 
 def _library_modules(*, with_cli: bool = False):

@@ -310,9 +310,11 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     _add_execution_args(parser)
     parser.add_argument(
         "--cluster",
-        choices=["ray"],
+        choices=["processes", "ray"],
         default=None,
-        help="run trials as Ray tasks (RAY_ADDRESS, else a local Ray); default: this process",
+        help="run independent trials side by side: 'processes' (worker processes on this "
+        "machine, an even share of its cores each) or 'ray' (Ray tasks; RAY_ADDRESS, else a "
+        "local Ray); default: one after another in this process",
     )
 
 
@@ -1177,6 +1179,59 @@ def _run_bench_allocator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_parallel(benches) -> None:
+    parser = benches.add_parser(
+        "parallel",
+        help="a collection in worker processes against one process using every thread",
+        description="Run the same one-shot collection alone in this process and in worker "
+        "processes (an even share of the cores each), alternating, each in a fresh run "
+        "folder; print the wall times, their ratio and the largest accuracy difference.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--train-subset", type=int, default=10000, help="default 10000")
+    parser.add_argument("--rounds", type=int, default=1, help="default 1")
+    parser.add_argument("--epochs-per-step", type=int, default=1, help="default 1")
+    parser.add_argument("--base-epochs", type=int, default=2, help="default 2")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each (default 2)")
+    parser.add_argument("--out", default="runs/bench-parallel", help="base model and runs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_parallel)
+
+
+def _run_bench_parallel(args: argparse.Namespace) -> int:
+    from .bench.parallel import run_parallel_bench
+
+    result = run_parallel_bench(
+        args.data,
+        args.model,
+        out=args.out,
+        train_subset=args.train_subset,
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        base_epochs=args.base_epochs,
+        repeats=args.repeats,
+        seed=args.seed,
+        data_options=_data_options(args) or None,
+    )
+    config = result["config"]
+    rows = [
+        {"run": name, "median_s": result["median_seconds"][name], "runs_s": result["seconds"][name]}
+        for name in result["seconds"]
+    ]
+    print(
+        f"tridim bench parallel: {config['trials']} trials of {config['epochs_per_step']} "
+        f"epoch(s) on {config['train_examples']} {config['data']} images, {config['cores']} cores"
+    )
+    print(_table(rows))
+    print(
+        f"processes are {result['processes_speedup']:.2f}x as fast; largest sample accuracy "
+        f"difference {result['max_accuracy_difference']:.4f}"
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 #: ``bench compare``'s settings: the full benchmark's, and ``--quick``'s (digits-sized,
 #: minutes). An option given on the command line wins over either.
 COMPARE_DEFAULTS = {
@@ -1487,13 +1542,41 @@ def _add_bench_train(benches) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json-out", help="write the result as JSON here")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="instead: tridim.train on the CPU in fp32, bf16 autocast, channels_last and "
+        "both, with the test accuracy each reaches, then evaluation batch sizes and grad modes",
+    )
     _add_execution_args(parser)
     parser.set_defaults(handler=_run_bench_train)
 
 
 def _run_bench_train(args: argparse.Namespace) -> int:
-    from .bench.train import run_train_bench
+    from .bench.train import run_train_bench, run_train_options_bench
 
+    if args.sweep:
+        result = run_train_options_bench(
+            args.data,
+            args.model,
+            epochs=args.epochs,
+            repeats=args.repeats,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            data_options=_data_options(args),
+        )
+        config = result["config"]
+        print(
+            f"tridim bench train --sweep: {config['model']} on {config['data']}, "
+            f"{config['epochs']} epochs x {config['repeats']} runs per option, "
+            f"batch {config['batch_size']}, cpu, {config['threads']} threads"
+        )
+        keys = ("option", "median_s", "speedup", "accuracy")
+        print(_table([{k: row[k] for k in keys} for row in result["train"]]))
+        print(_table(result["evaluate"]))
+        print("speedup: against the first row; evaluation: one pass over the test split.")
+        _write_json(args.json_out, result)
+        return 0
     execution = _execution_options(args)
     result = run_train_bench(
         args.data,
@@ -1546,6 +1629,7 @@ _BENCHES: list[Callable] = [
     _add_bench_speedup,
     _add_bench_channels,
     _add_bench_allocator,
+    _add_bench_parallel,
     _add_bench_compare,
     _add_bench_zoo,
     _add_bench_train,

@@ -1,4 +1,10 @@
-"""Trials as Ray tasks: independent trials run at once on a cluster, the driver keeps the run.
+"""Trials side by side: as Ray tasks on a cluster, or as worker processes on this machine.
+
+Two backends run independent trials at once while the driver (this process) keeps the
+run folder: ``cluster="ray"`` (Ray tasks) and ``cluster="processes"`` (a pool of worker
+processes on this machine, each with an even share of its cores; the driver runs lone
+trials, refine and final, itself with every thread). Both ship the same shared context
+and run the same task body; the rest of this docstring says how Ray does it.
 
 A collection's three dimension chains, and each refine or final trial, are jobs. With
 ``cluster="ray"`` each trial becomes a Ray task that receives the shared context (base
@@ -39,16 +45,23 @@ from .trial import (
     stored_trial,
 )
 
-__all__ = ["RayTrials", "CLUSTERS", "check_cluster", "ray_trials"]
+__all__ = [
+    "RayTrials",
+    "ProcessTrials",
+    "CLUSTERS",
+    "check_cluster",
+    "ray_trials",
+    "available_cores",
+]
 
-#: Accepted ``cluster`` values: None (this process) or ``"ray"``.
-CLUSTERS = (None, "ray")
+#: Accepted ``cluster`` values: None (this process), ``"processes"`` or ``"ray"``.
+CLUSTERS = (None, "processes", "ray")
 
 
 def check_cluster(cluster: str | None) -> str | None:
     """``cluster`` if known; a clear error if Ray is asked for and not installed."""
     if cluster not in CLUSTERS:
-        raise ValueError(f"cluster must be None or 'ray', got {cluster!r}")
+        raise ValueError(f"cluster must be None, 'processes' or 'ray', got {cluster!r}")
     if cluster == "ray":
         _ray()
     return cluster
@@ -65,9 +78,11 @@ def _ray():
 
 
 @contextlib.contextmanager
-def ray_trials(context: TrialContext, cluster: str | None) -> Iterator[RayTrials | None]:
-    """The run's :class:`RayTrials` when ``cluster == "ray"`` (else None), closed at the end."""
-    trials = RayTrials(context) if cluster == "ray" else None
+def ray_trials(context: TrialContext, cluster: str | None) -> Iterator[_Trials | None]:
+    """The run's trial backend for ``cluster`` (:class:`RayTrials`, :class:`ProcessTrials`,
+    or None for this process alone), closed at the end."""
+    backends = {"ray": RayTrials, "processes": ProcessTrials}
+    trials = backends[cluster](context) if cluster in backends else None
     try:
         yield trials
     finally:
@@ -84,7 +99,73 @@ def _execute_remote(trial: Trial, context: TrialContext, parent, threads: int, c
     return result.sample, result.plan, weights, result.seconds
 
 
-class RayTrials:
+class _Trials:
+    """What both backends share: the driver stores each trial as it finishes."""
+
+    context: TrialContext
+
+    def submit(self, trial: Trial):  # pragma: no cover - each backend defines it
+        raise NotImplementedError
+
+    def _result(self, reference) -> tuple:  # the task body's return value
+        raise NotImplementedError
+
+    def _wait_one(self, references: list):  # the first of ``references`` to finish
+        raise NotImplementedError
+
+    def _cancel(self, reference) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def finish(self, trial: Trial, reference, *, keep_model: bool = False) -> TrialResult:
+        """Wait for a task, store its trial, and return the result."""
+        sample, plan, weights, seconds = self._result(reference)
+        from .realise import apply_plan
+
+        model = apply_plan(self.context.base, plan)
+        model.load_state_dict(weights)
+        result = TrialResult(sample, plan, model.eval(), seconds)
+        store_trial(trial, result, self.context)
+        return result if keep_model else dataclasses.replace(result, model=None)
+
+    def run(self, trial: Trial, *, keep_model: bool = False) -> TrialResult:
+        """One trial (read back instead if the store has it)."""
+        stored = stored_trial(trial, self.context, keep_model=keep_model)
+        if stored is not None:
+            return stored
+        return self.finish(trial, self.submit(trial), keep_model=keep_model)
+
+    def run_chains(self, chains: list[list[Trial]], stage: Stage) -> None:
+        """Run chains of dependent trials, the chains side by side; store as they end."""
+        queues = [list(chain) for chain in chains]
+        pending: dict = {}
+
+        def start_next(queue: list[Trial]) -> None:
+            while queue:
+                trial = queue.pop(0)
+                if stored_trial(trial, self.context, keep_model=False) is None:
+                    pending[self.submit(trial)] = (trial, queue)
+                    return
+                stage.advance(f"{trial.key} (stored)")
+
+        try:
+            for queue in queues:
+                start_next(queue)
+            while pending:
+                done = self._wait_one(list(pending))
+                trial, queue = pending.pop(done)
+                result = self.finish(trial, done)
+                stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
+                start_next(queue)
+        except BaseException:  # a failed task, or Ctrl-C: no task may run on unwatched
+            for reference in pending:
+                self._cancel(reference)
+            raise
+
+
+class RayTrials(_Trials):
     """Runs a run's trials as Ray tasks; the driver (this object) writes the store.
 
     Parameters
@@ -125,50 +206,96 @@ class RayTrials:
         checkpoint = str(self.context.store.checkpoint_path(trial.key))
         return self.task.remote(trial, self.shared, parent, self.threads, checkpoint)
 
-    def finish(self, trial: Trial, reference, *, keep_model: bool = False) -> TrialResult:
-        """Wait for a task, store its trial, and return the result."""
-        sample, plan, weights, seconds = self.ray.get(reference)
-        from .realise import apply_plan
+    def _result(self, reference) -> tuple:
+        return self.ray.get(reference)
 
-        model = apply_plan(self.context.base, plan)
-        model.load_state_dict(weights)
-        result = TrialResult(sample, plan, model.eval(), seconds)
-        store_trial(trial, result, self.context)
-        return result if keep_model else dataclasses.replace(result, model=None)
+    def _wait_one(self, references: list):
+        done, _ = self.ray.wait(references, num_returns=1)
+        return done[0]
+
+    def _cancel(self, reference) -> None:
+        self.ray.cancel(reference, force=True)
+
+
+class ProcessTrials(_Trials):
+    """Runs independent trials in worker processes on this machine, each with an even
+    share of its cores (``workers x threads <= cores``: nothing oversubscribes); a lone
+    trial (refine, final) runs in this process with every thread.
+
+    Parameters
+    ----------
+    context : TrialContext
+        The run's context (its store is the driver's). Its model's class must be
+        importable by a new process (not defined in a notebook's ``__main__``).
+    workers : int, optional
+        Worker processes (default: one per core, at most 3 — the three chains or
+        independent samples at a time).
+    """
+
+    def __init__(self, context: TrialContext, workers: int | None = None) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        cores = available_cores()
+        self.workers = workers or max(1, min(3, cores))
+        self.threads = max(1, cores // self.workers)
+        self.context = context
+        remote = dataclasses.replace(context, base=_on_cpu(context.base), store=None, quiet=True)
+        self.pool = ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_start_worker,
+            initargs=(remote, self.threads),
+        )
+
+    def close(self) -> None:
+        """Stop the workers (pending trials are cancelled)."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, trial: Trial):
+        """Start ``trial`` in a worker; returns its future."""
+        parent = parent_of(trial, self.context)
+        checkpoint = str(self.context.store.checkpoint_path(trial.key))
+        return self.pool.submit(_execute_in_worker, trial, parent, checkpoint)
 
     def run(self, trial: Trial, *, keep_model: bool = False) -> TrialResult:
-        """One trial on the cluster (read back instead if the store has it)."""
-        stored = stored_trial(trial, self.context, keep_model=keep_model)
-        if stored is not None:
-            return stored
-        return self.finish(trial, self.submit(trial), keep_model=keep_model)
+        """A lone trial runs here, with every thread (no other trial shares the cores)."""
+        from .trial import run_trial
 
-    def run_chains(self, chains: list[list[Trial]], stage: Stage) -> None:
-        """Run chains of dependent trials, the chains side by side; store as they end."""
-        queues = [list(chain) for chain in chains]
-        pending: dict = {}
+        return run_trial(trial, self.context, keep_model=keep_model)
 
-        def start_next(queue: list[Trial]) -> None:
-            while queue:
-                trial = queue.pop(0)
-                if stored_trial(trial, self.context, keep_model=False) is None:
-                    pending[self.submit(trial)] = (trial, queue)
-                    return
-                stage.advance(f"{trial.key} (stored)")
+    def _result(self, reference) -> tuple:
+        return reference.result()
 
-        try:
-            for queue in queues:
-                start_next(queue)
-            while pending:
-                done, _ = self.ray.wait(list(pending), num_returns=1)
-                trial, queue = pending.pop(done[0])
-                result = self.finish(trial, done[0])
-                stage.advance(f"{trial.key} accuracy {result.sample.accuracy:.4f}")
-                start_next(queue)
-        except BaseException:  # a failed task, or Ctrl-C: no task may run on unwatched
-            for reference in pending:
-                self.ray.cancel(reference, force=True)
-            raise
+    def _wait_one(self, references: list):
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        done, _ = wait(references, return_when=FIRST_COMPLETED)
+        return next(iter(done))
+
+    def _cancel(self, reference) -> None:
+        reference.cancel()
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(context: TrialContext, threads: int) -> None:
+    """A worker process's initializer: keep the shared context, take a thread share."""
+    torch.set_num_threads(threads)
+    _WORKER.update(context=context, threads=threads)
+
+
+def _execute_in_worker(trial: Trial, parent, checkpoint: str):
+    return _execute_remote(trial, _WORKER["context"], parent, _WORKER["threads"], checkpoint)
 
 
 def _task_cpus(ray, concurrency: int) -> int:

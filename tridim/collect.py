@@ -319,10 +319,11 @@ def collect(
     executor : concurrent.futures.Executor, optional
         Runs independent trials (one-shot samples, or the three chains) concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
-    cluster : {None, "ray"}
-        ``"ray"``: run every trial as a Ray task (connecting to ``RAY_ADDRESS``, else
-        starting a local Ray), the three dimensions side by side, each task on its
-        share of the CPUs; this process writes the run folder (:mod:`tridim.cluster`).
+    cluster : {None, "processes", "ray"}
+        Run independent trials side by side: ``"processes"``, worker processes on this
+        machine with an even share of its cores each; ``"ray"``, Ray tasks (connecting
+        to ``RAY_ADDRESS``, else starting a local Ray), each on its share of the CPUs.
+        This process writes the run folder (:mod:`tridim.cluster`).
     quiet : bool
         Hide progress bars.
     device : str or torch.device

@@ -257,10 +257,11 @@ def optimize(
         Autocast precision of training and evaluation.
     channels_last : bool
         NHWC memory format for models and batches.
-    cluster : {None, "ray"}
-        ``"ray"``: run the collection's trials (three dimensions side by side), the
-        refine trials and the final trial as Ray tasks (see :mod:`tridim.cluster`); this
-        process writes the run folder.
+    cluster : {None, "processes", "ray"}
+        ``"processes"``: the collection's independent trials in worker processes on this
+        machine, an even share of its cores each (refine and final trials run here with
+        every thread); ``"ray"``: the collection's, refine and final trials as Ray tasks
+        (see :mod:`tridim.cluster`). This process writes the run folder.
     base_training_epochs : int, optional
         The epochs the base model was trained for: ``report["compute"]`` then gives every
         stage's cost in base-training equivalents (:mod:`tridim.compute`).

@@ -122,3 +122,107 @@ def run_train_bench(
         ],
         "overhead": medians["tridim.train"] / medians["bare PyTorch"] - 1.0,
     }
+
+
+#: The training options ``tridim bench train --sweep`` compares (name -> Execution options).
+TRAIN_OPTIONS = {
+    "fp32": {"precision": "fp32", "channels_last": False},
+    "bf16 autocast": {"precision": "bf16", "channels_last": False},
+    "channels_last": {"precision": "fp32", "channels_last": True},
+    "bf16 + channels_last": {"precision": "bf16", "channels_last": True},
+}
+#: Evaluation settings compared: (batch size, grad mode).
+EVAL_OPTIONS = ((256, "no_grad"), (256, "inference_mode"), (1024, "no_grad"))
+
+
+def run_train_options_bench(
+    data: str = "digits",
+    model: str = "resnet20",
+    *,
+    epochs: int = 2,
+    repeats: int = 3,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    seed: int = 0,
+    data_options: dict | None = None,
+) -> dict:
+    """Each training option of :data:`TRAIN_OPTIONS` on the CPU with ``tridim.train``,
+    runs alternating, with the test accuracy each reaches; then evaluation settings.
+
+    Returns
+    -------
+    dict
+        ``{"config", "train": [{"option", "median_s", "runs_s", "accuracy",
+        "speedup"}], "evaluate": [{"batch_size", "grad_mode", "median_s", "speedup"}]}``:
+        speed-ups against the first row of each table.
+    """
+    if repeats < 1 or epochs < 1:
+        raise ValueError(f"repeats and epochs must be >= 1, got {repeats} and {epochs}")
+    bundle = datasets.load(data, **(data_options or {}))
+    times: dict[str, list[float]] = {name: [] for name in TRAIN_OPTIONS}
+    accuracy: dict[str, float] = {}
+    trained = None
+    for _ in range(repeats):
+        for name, options in TRAIN_OPTIONS.items():
+            seed_everything(seed)
+            net = models.build(model, bundle.num_classes, bundle.input_shape[0])
+            execution = Execution.of("cpu", **options)
+            times[name].append(
+                tridim_loop(net, bundle, epochs, execution, lr=lr, batch_size=batch_size)
+            )
+            accuracy[name] = _test_accuracy(net.to(memory_format=torch.contiguous_format), bundle)
+            trained = trained or net
+    first = statistics.median(times["fp32"])
+    rows = [
+        {
+            "option": name,
+            "median_s": statistics.median(runs),
+            "runs_s": runs,
+            "accuracy": accuracy[name],
+            "speedup": first / statistics.median(runs),
+        }
+        for name, runs in times.items()
+    ]
+    return {
+        "config": {
+            "data": data,
+            "model": model,
+            "epochs": epochs,
+            "repeats": repeats,
+            "batch_size": batch_size,
+            "threads": torch.get_num_threads(),
+            "device": "cpu",
+        },
+        "train": rows,
+        "evaluate": _evaluation_rows(trained, bundle, repeats),
+    }
+
+
+def _test_accuracy(model: nn.Module, bundle) -> float:
+    from ..train import evaluate
+
+    return evaluate(model, bundle.loader("test", 256))
+
+
+def _evaluation_rows(model: nn.Module, bundle, repeats: int) -> list[dict]:
+    """Seconds of one pass over the test split per (batch size, grad mode), alternating."""
+    times: dict[tuple, list[float]] = {option: [] for option in EVAL_OPTIONS}
+    model.eval()
+    for _ in range(repeats):
+        for size, mode in EVAL_OPTIONS:
+            context = torch.inference_mode if mode == "inference_mode" else torch.no_grad
+            started = time.perf_counter()
+            with context():
+                for images, _labels in bundle.loader("test", size):
+                    model(images)
+            times[(size, mode)].append(time.perf_counter() - started)
+    first = statistics.median(times[EVAL_OPTIONS[0]])
+    return [
+        {
+            "batch_size": size,
+            "grad_mode": mode,
+            "median_s": statistics.median(times[(size, mode)]),
+            "speedup": first / statistics.median(times[(size, mode)]),
+        }
+        for size, mode in EVAL_OPTIONS
+    ]

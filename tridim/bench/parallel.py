@@ -1,0 +1,90 @@
+"""Benchmark: independent trials side by side against one process using every thread.
+
+From one base model (trained briefly, cached in the output folder), the same collection
+(:func:`tridim.collect`, one-shot samples) runs in this process alone (``cluster=None``,
+every thread) and in worker processes (``cluster="processes"``, an even share of the
+cores each), alternating, each in a fresh run folder. The table gives the wall times,
+their ratio, and the largest accuracy difference between the two collections' samples
+(threads change floating-point sums, so the samples may differ in the last digits).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import tridim
+from tridim.bench.latency import _base_model
+from tridim.cluster import available_cores
+from tridim.data import load
+
+__all__ = ["run_parallel_bench"]
+
+
+def run_parallel_bench(
+    data_name: str = "fashion-mnist",
+    model_name: str = "resnet20",
+    *,
+    out: str | os.PathLike,
+    train_subset: int | None = 10000,
+    rounds: int = 1,
+    epochs_per_step: int = 1,
+    base_epochs: int = 2,
+    repeats: int = 2,
+    seed: int = 0,
+    quiet: bool = True,
+    data_options: dict | None = None,
+) -> dict:
+    """Run the benchmark; returns plain data (see the module docstring)."""
+    data = load(data_name, **(data_options or {}))
+    if train_subset:
+        data = data.subset(train=train_subset, seed=seed)
+    out = Path(out)
+    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    times: dict[str, list[float]] = {"this process": [], "processes": []}
+    samples: dict[str, list] = {}
+    for repeat in range(repeats):
+        for name, cluster in (("this process", None), ("processes", "processes")):
+            workdir = out / "runs" / f"{cluster or 'none'}-{repeat}"
+            shutil.rmtree(workdir, ignore_errors=True)
+            began = time.perf_counter()
+            samples[name] = tridim.collect(
+                base,
+                data,
+                0.5,
+                workdir=workdir,
+                rounds=rounds,
+                epochs_per_step=epochs_per_step,
+                seed=seed,
+                quiet=quiet,
+                device="cpu",
+                cluster=cluster,
+            )
+            times[name].append(time.perf_counter() - began)
+    by_key = {
+        name: {s.extra["key"]: s.accuracy for s in members} for name, members in samples.items()
+    }
+    difference = max(
+        abs(by_key["this process"][key] - by_key["processes"][key]) for key in by_key["processes"]
+    )
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "config": {
+            "data": data.name,
+            "model": model_name,
+            "train_examples": len(data.train),
+            "rounds": rounds,
+            "epochs_per_step": epochs_per_step,
+            "trials": len(samples["processes"]) - 1,
+            "cores": available_cores(),
+            "repeats": repeats,
+        },
+        "base": base_record,
+        "seconds": times,
+        "median_seconds": medians,
+        "processes_speedup": medians["this process"] / medians["processes"],
+        "max_accuracy_difference": difference,
+    }
