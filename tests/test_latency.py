@@ -127,7 +127,7 @@ def test_realise_to_latency_keeps_a_candidate_that_measured_within_budget(base):
     model, plan, measured = realise_to_latency(base, (1, 1, 0.75), budget, input_size=SIZE)
     assert measured["ratio"] <= measured["target_ratio"] * (1 + budget.tolerance)
     assert measured["target_ratio"] == pytest.approx(1 / 1.25)
-    assert plan.realised.r == pytest.approx(0.75)
+    assert plan.realised.r >= 0.75  # raised again when 0.75 alone was faster than asked
     assert measured["attempts"] and plan.target_flops_ratio is None
     assert model(torch.zeros(1, *SIZE)).shape == (1, 10)
     beyond = LatencyBudget(target_speedup=1000, batch_size=2, threads=1, repeats=3)

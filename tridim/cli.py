@@ -644,7 +644,6 @@ def _run_collect(args: argparse.Namespace) -> int:
         seed=args.seed,
         quiet=args.quiet,
         cluster=args.cluster,
-        base_training_epochs=None if args.weights else args.base_epochs,
         **execution,
     )
     if not store.writes:

@@ -332,10 +332,9 @@ def optimize(
         quiet=quiet,
         execution=execution,
     )
-    cost = None
+    cost = None if budget is None else prepared
     if budget is not None:
-        context.latency, cost = budget, prepared
-        context.latency_base_ms = prepared.base_ms
+        context.latency, context.latency_base_ms = budget, prepared.base_ms
     with ray_trials(context, cluster) as trials:
         return _Pipeline(context, collection, settings, trials, cost).run(predictor)
 
