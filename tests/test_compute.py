@@ -1,6 +1,7 @@
 """What a run cost: the formula, the stages, and optimize's report."""
 
 import pytest
+import torch
 
 from tridim.compute import TEACHER_SHARE, compute_record, stage_cost
 from tridim.samples import Sample
@@ -38,3 +39,63 @@ def test_the_search_is_every_stage_but_the_final_finetune():
     assert record["stages"]["final"]["epochs"] == 8
     unknown = compute_record(stages, base_training_epochs=None)
     assert unknown["search"]["base_trainings"] is None and "base epochs" in unknown["formula"]
+
+
+def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, base_model):
+    from tridim.collect import CollectionSettings, _sample_data
+    from tridim.trial import Trial, TrialContext, finetune_data
+
+    settings = CollectionSettings(0.5, sample_fraction=0.25, seed=3)
+    subset = _sample_data(tiny, settings)
+    assert len(subset.train) == round(0.25 * len(tiny.train))
+    again = _sample_data(tiny, settings)
+    assert all(
+        torch.equal(a[0], b[0]) for a, b in zip(subset.train, again.train)
+    )  # the same images for every sample of the run
+    assert len(subset.val) == len(tiny.val)  # scored on the whole validation split
+    context = TrialContext(
+        base=base_model,
+        data=tiny,
+        store=None,
+        input_size=tiny.input_shape,
+        base_macs=1,
+        base_blocks=[],
+        min_side=4,
+        target_flops_ratio=0.5,
+        sample_data=subset,
+    )
+
+    def trial(kind):
+        return Trial(key=kind, kind=kind, epochs=1, seed=0, train_seed=0)
+
+    assert finetune_data(trial("width"), context) is subset
+    assert finetune_data(trial("refine"), context) is subset
+    assert finetune_data(trial("final"), context) is tiny
+    assert "sample_fraction" not in CollectionSettings(0.5).manifest()
+    with pytest.raises(ValueError, match="sample_fraction must be in"):
+        CollectionSettings(0.5, sample_fraction=1.5)
+
+
+def test_a_proxy_collection_costs_its_share(tiny, base_model, tmp_path):
+    import tridim
+
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=1,
+        epochs_per_step=1,
+        final_epochs=1,
+        refine=0,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+        sample_fraction=0.5,
+        base_training_epochs=3,
+    )
+    compute = result.report["compute"]
+    collection = compute["stages"]["collection"]
+    assert collection["images"] == collection["epochs"] * round(0.5 * len(tiny.train))
+    assert compute["stages"]["final"]["images"] == len(tiny.train)
+    assert result.report["settings"]["sample_fraction"] == 0.5

@@ -243,6 +243,13 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
         f"{DEFAULT_DESIGN}; one-shot only)",
     )
     parser.add_argument(
+        "--sample-fraction",
+        type=float,
+        default=1.0,
+        help="samples finetune on this fraction of the training split, the same subset "
+        "for all (default 1: all of it; the final model always trains on all)",
+    )
+    parser.add_argument(
         "--channel-multiple",
         type=int,
         default=1,
@@ -423,6 +430,7 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
         design=args.design,
         distill=not args.no_distill,
         channel_multiple=args.channel_multiple,
+        sample_fraction=args.sample_fraction,
     )
     if bundle is None or settings.criterion != "auto":
         return settings
@@ -580,6 +588,7 @@ def _run_optimize(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         design=args.design,
         channel_multiple=args.channel_multiple,
+        sample_fraction=args.sample_fraction,
         collection=args.collection,
         epochs_per_step=args.epochs_per_step,
         final_epochs=args.final_epochs,
@@ -637,6 +646,7 @@ def _run_collect(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         design=args.design,
         channel_multiple=args.channel_multiple,
+        sample_fraction=args.sample_fraction,
         collection=args.collection,
         distill=not args.no_distill,
         epochs_per_step=args.epochs_per_step,
@@ -1231,6 +1241,72 @@ def _run_bench_parallel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_proxy(benches) -> None:
+    parser = benches.add_parser(
+        "proxy",
+        help="samples finetuned on part of the training set against the full recipe",
+        description="Run the same collection once per --fractions of the training set "
+        "(each in its own run folder, resumable); print each one's cost, the Spearman "
+        "correlation of its sample accuracies with the full recipe's, and the triple its "
+        "predictor solves for.",
+    )
+    _add_model_data_args(parser)
+    parser.add_argument("--target", type=float, default=0.5, help="MACs ratio (default 0.5)")
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    parser.add_argument("--rounds", type=int, default=2, help="default 2")
+    parser.add_argument("--epochs-per-step", type=int, default=2, help="default 2")
+    parser.add_argument("--base-epochs", type=int, default=15, help="default 15")
+    parser.add_argument("--train-subset", type=int, default=None, help="train on this many")
+    parser.add_argument("--out", default="runs/bench-proxy", help="base model and run folders")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json-out", help="write the full result as JSON here")
+    parser.set_defaults(handler=_run_bench_proxy)
+
+
+def _run_bench_proxy(args: argparse.Namespace) -> int:
+    from .bench.proxy import run_proxy_bench
+
+    result = run_proxy_bench(
+        args.data,
+        args.model,
+        out=args.out,
+        target=args.target,
+        fractions=tuple(args.fractions),
+        rounds=args.rounds,
+        epochs_per_step=args.epochs_per_step,
+        base_epochs=args.base_epochs,
+        train_subset=args.train_subset,
+        seed=args.seed,
+        data_options=_data_options(args) or None,
+    )
+    config = result["config"]
+    print(
+        f"tridim bench proxy: {config['model']} on {config['data']} "
+        f"({config['train_examples']} training images), target {config['target']:g}, "
+        f"base {result['base']['epochs']} epochs (test accuracy {result['base']['accuracy']:.4f})"
+    )
+    rows = [
+        {
+            "fraction": run["fraction"],
+            "seconds": run["seconds"],
+            "base_trainings": run["base_trainings"],
+            "spearman_vs_full": run["spearman_vs_full"],
+            "d": run["solved_triple"]["d"],
+            "w": run["solved_triple"]["w"],
+            "r": run["solved_triple"]["r"],
+            "same_triple": run["same_triple_as_full"],
+        }
+        for run in result["runs"]
+    ]
+    print(_table(rows))
+    print(
+        "base_trainings: the collection's cost (tridim.compute); spearman_vs_full: over the "
+        "same triples' sample accuracies; d, w, r: the triple its predictor solves for."
+    )
+    _write_json(args.json_out, result)
+    return 0
+
+
 #: ``bench compare``'s settings: the full benchmark's, and ``--quick``'s (digits-sized,
 #: minutes). An option given on the command line wins over either.
 COMPARE_DEFAULTS = {
@@ -1629,6 +1705,7 @@ _BENCHES: list[Callable] = [
     _add_bench_channels,
     _add_bench_allocator,
     _add_bench_parallel,
+    _add_bench_proxy,
     _add_bench_compare,
     _add_bench_zoo,
     _add_bench_train,

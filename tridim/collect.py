@@ -89,6 +89,7 @@ class CollectionSettings:
     design: int = DEFAULT_DESIGN
     distill: bool = True
     channel_multiple: int = 1
+    sample_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         from .dims.criteria import CRITERIA
@@ -125,12 +126,16 @@ class CollectionSettings:
         if not isinstance(self.distill, bool):
             raise ValueError(f"distill must be True or False, got {self.distill!r}")
         check_channel_multiple(self.channel_multiple)
+        object.__setattr__(
+            self, "sample_fraction", check_ratio(self.sample_fraction, "sample_fraction")
+        )
 
     def manifest(self) -> dict:
         """The settings as the run folder's manifest records them (``ends`` only if set)."""
         fields = asdict(self)
-        if fields["channel_multiple"] == 1:  # as run folders made before the option read
-            del fields["channel_multiple"]
+        for name, default in (("channel_multiple", 1), ("sample_fraction", 1.0)):
+            if fields[name] == default:  # as run folders made before the option read
+                del fields[name]
         if fields["ends"] is None:
             del fields["ends"]
         else:
@@ -270,6 +275,7 @@ def collect(
     design: int = DEFAULT_DESIGN,
     distill: bool = True,
     channel_multiple: int = 1,
+    sample_fraction: float = 1.0,
     executor: Executor | None = None,
     cluster: str | None = None,
     quiet: bool = False,
@@ -316,6 +322,10 @@ def collect(
     channel_multiple : int
         Every pruned channel group keeps a multiple of this many channels (1: any
         count; 8: what vectorised kernels prefer, see README "Latency you can rely on").
+    sample_fraction : float in (0, 1]
+        Samples finetune on this fraction of the training split, the same seeded subset
+        for every sample of the run (a proxy: cheaper samples; accuracy is still
+        measured on the whole validation split).
     executor : concurrent.futures.Executor, optional
         Runs independent trials (one-shot samples, or the three chains) concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
@@ -354,6 +364,7 @@ def collect(
         design=design,
         distill=distill,
         channel_multiple=channel_multiple,
+        sample_fraction=sample_fraction,
     ).for_model(model)
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
     with ray_trials(context, cluster) as trials:
@@ -403,6 +414,7 @@ def open_run(
         target_flops_ratio=settings.target_flops_ratio,
         criterion=settings.criterion,
         channel_multiple=settings.channel_multiple,
+        sample_data=_sample_data(data, settings),
         lr=settings.lr,
         batch_size=settings.batch_size,
         seed=settings.seed,
@@ -445,6 +457,14 @@ def run_collection(
                 future.result()
     kinds = ("base", *DIMENSIONS, "design")
     return [s for s in store.samples() if s.extra.get("dimension") in kinds]
+
+
+def _sample_data(data: DataBundle, settings: CollectionSettings) -> DataBundle | None:
+    """The training subset every sample of the run finetunes on (None: all of it)."""
+    if settings.sample_fraction >= 1.0:
+        return None
+    kept = max(1, round(settings.sample_fraction * len(data.train)))
+    return data.subset(train=kept, seed=settings.seed)
 
 
 def floors(blocks, min_side: int, input_size) -> tuple[float, float, float]:

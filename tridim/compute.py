@@ -4,7 +4,8 @@ A trial that finetunes a model of MACs ratio ``m`` for ``e`` epochs costs about
 ``e * m`` epochs of the base model's training (a training step is one forward and one
 backward pass, both proportional to MACs). Distilling from the base model adds its
 forward pass to every step: a third of a base training step (a backward pass costs about
-two forward passes), so a distilled trial costs ``e * (m + 1/3)`` base epochs. Divided by
+two forward passes), so a distilled trial costs ``e * (m + 1/3)`` base epochs, times the
+share of the training set it finetunes on (``sample_fraction``). Divided by
 the epochs the base model was trained for, that is the trial's cost in
 **base-training equivalents**: 1.0 is what training the base model once cost.
 
@@ -22,13 +23,17 @@ __all__ = ["FORMULA", "TEACHER_SHARE", "stage_cost", "compute_record"]
 #: A teacher's forward pass, as a share of one base training step (forward + backward).
 TEACHER_SHARE = 1.0 / 3.0
 FORMULA = (
-    "base epochs = epochs x (MACs ratio + 1/3 if distilled from the base model); "
-    "base-training equivalents = base epochs / the epochs the base model was trained for"
+    "base epochs = epochs x (MACs ratio + 1/3 if distilled from the base model) x the "
+    "share of the training set a trial sees; base-training equivalents = base epochs / "
+    "the epochs the base model was trained for"
 )
 
 
-def stage_cost(samples: Iterable[Sample], *, train_images: int, distill: bool) -> dict:
-    """Trials, epochs, images seen, seconds and base epochs of one stage's samples."""
+def stage_cost(
+    samples: Iterable[Sample], *, train_images: int, distill: bool, data_share: float = 1.0
+) -> dict:
+    """Trials, epochs, images seen, seconds and base epochs of one stage's samples, each
+    finetuned on ``train_images`` images, ``data_share`` of the base model's training set."""
     samples = list(samples)
     teacher = TEACHER_SHARE if distill else 0.0
     epochs = [int(s.extra.get("epochs", 0)) for s in samples]
@@ -37,7 +42,8 @@ def stage_cost(samples: Iterable[Sample], *, train_images: int, distill: bool) -
         "epochs": sum(epochs),
         "images": sum(epochs) * train_images,
         "seconds": sum(float(s.extra.get("seconds", 0.0)) for s in samples),
-        "base_epochs": sum(
+        "base_epochs": data_share
+        * sum(
             e * (float(s.extra.get("macs_ratio", 1.0)) + teacher)
             for e, s in zip(epochs, samples)
             if e > 0

@@ -174,6 +174,7 @@ def optimize(
     collection: str = "one-shot",
     design: int = DEFAULT_DESIGN,
     channel_multiple: int = 1,
+    sample_fraction: float = 1.0,
     lr: float = 0.02,
     seed: int = 0,
     latency_batch: int = 64,
@@ -240,6 +241,9 @@ def optimize(
         Every pruned channel group keeps a multiple of this many channels (1, the
         default: any count; 8: the counts vectorised kernels prefer). A MACs budget is
         then met within 3% instead of 1%.
+    sample_fraction : float in (0, 1]
+        Samples and refine trials finetune on this fraction of the training split (the
+        same seeded subset for all); the final model trains on all of it.
     lr : float
         Peak finetuning learning rate.
     seed : int
@@ -303,11 +307,11 @@ def optimize(
         design=design,
         distill=distill,
         channel_multiple=channel_multiple,
+        sample_fraction=sample_fraction,
     )
-    check_cluster(cluster)
     if predictor is not None and budget is None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
-    check_model_fits_data(model, data)
+    _check_model_and_cluster(model, data, cluster)
     collection = collection.for_model(model)
     size = check_input_size(data.input_shape)
     manifest = {"optimize": settings.manifest()}
@@ -337,6 +341,12 @@ def optimize(
         context.latency, context.latency_base_ms = budget, prepared.base_ms
     with ray_trials(context, cluster) as trials:
         return _Pipeline(context, collection, settings, trials, cost).run(predictor)
+
+
+def _check_model_and_cluster(model: nn.Module, data: DataBundle, cluster: str | None) -> None:
+    """Before any work: the model fits the data and the cluster is known (and usable)."""
+    check_cluster(cluster)
+    check_model_fits_data(model, data)
 
 
 #: Refinement stops once width moves less than this (and depth, resolution less than a
@@ -746,18 +756,26 @@ class _Pipeline:
             "refine": samples[len(samples) - refined :],
             "final": [final.sample],
         }
-        common = dict(train_images=len(self.context.data.train), distill=self.collection.distill)
-        return compute_record(
-            {name: stage_cost(members, **common) for name, members in stages.items()},
-            self.settings.base_training_epochs,
-        )
+        full = len(self.context.data.train)
+        sampled = len((self.context.sample_data or self.context.data).train)
+        record = {}
+        for name, members in stages.items():
+            images = full if name == "final" else sampled
+            record[name] = stage_cost(
+                members,
+                train_images=images,
+                distill=self.collection.distill,
+                data_share=images / full,
+            )
+        return compute_record(record, self.settings.base_training_epochs)
 
     def _samples_meaning(self) -> str:
         """One sentence: what the accuracies the predictor learnt from are."""
         c, s = self.collection, self.settings
         distilled = ", distilled from the base model" if c.distill else ""
+        share = "" if c.sample_fraction >= 1 else f" on {c.sample_fraction:g} of the training set"
         recipe = (
-            f"finetuned {c.epochs_per_step} epochs (SGD, cosine, lr {c.lr:g}{distilled}) "
+            f"finetuned {c.epochs_per_step} epochs{share} (SGD, cosine, lr {c.lr:g}{distilled}) "
             f"and scored on the validation split"
         )
         if self.reused_predictor:
@@ -796,6 +814,8 @@ class _Pipeline:
                 "rank": s.rank,
                 "lr": c.lr,
                 "seed": c.seed,
+                "sample_fraction": c.sample_fraction,
+                "channel_multiple": c.channel_multiple,
                 "latency_batch": s.latency_batch,
                 "reused_predictor": self.reused_predictor,
             },

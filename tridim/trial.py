@@ -131,6 +131,8 @@ class TrialContext:
     criterion: str = "bn_scale"
     #: Pruned channel groups keep a multiple of this many channels.
     channel_multiple: int = 1
+    #: The training subset samples and refine trials finetune on (None: ``data``'s).
+    sample_data: DataBundle | None = None
     lr: float = 0.02
     batch_size: int = 128
     seed: int = 0
@@ -270,10 +272,17 @@ def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionW
     return model.eval()
 
 
+def finetune_data(trial: Trial, context: TrialContext) -> DataBundle:
+    """What ``trial`` finetunes on: the run's sample subset, except for the final model."""
+    if trial.kind == "final" or context.sample_data is None:
+        return context.data
+    return context.sample_data
+
+
 def _finetune(trial: Trial, model: nn.Module, context: TrialContext, checkpoint_path) -> None:
     train(
         model,
-        context.data,
+        finetune_data(trial, context),
         trial.epochs,
         lr=context.lr,
         batch_size=context.batch_size,
