@@ -53,3 +53,20 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
                 module.running_mean.copy_(torch.randn(n, generator=generator) * 0.1)
                 module.running_var.copy_(torch.rand(n, generator=generator) * 0.5 + 0.75)
     return model
+
+
+def bare_context(model, data, **fields):
+    """A TrialContext with no store, for tests that need one without opening a run."""
+    from tridim.trial import TrialContext
+
+    return TrialContext(
+        base=model,
+        data=data,
+        store=None,
+        input_size=data.input_shape,
+        base_macs=1,
+        base_blocks=[],
+        min_side=4,
+        target_flops_ratio=0.5,
+        **fields,
+    )

@@ -42,8 +42,10 @@ def test_the_search_is_every_stage_but_the_final_finetune():
 
 
 def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, base_model):
+    from conftest import bare_context
+
     from tridim.collect import CollectionSettings, _sample_data
-    from tridim.trial import Trial, TrialContext, finetune_data
+    from tridim.trial import Trial, finetune_data
 
     settings = CollectionSettings(0.5, sample_fraction=0.25, seed=3)
     subset = _sample_data(tiny, settings)
@@ -53,17 +55,7 @@ def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, 
         torch.equal(a[0], b[0]) for a, b in zip(subset.train, again.train)
     )  # the same images for every sample of the run
     assert len(subset.val) == len(tiny.val)  # scored on the whole validation split
-    context = TrialContext(
-        base=base_model,
-        data=tiny,
-        store=None,
-        input_size=tiny.input_shape,
-        base_macs=1,
-        base_blocks=[],
-        min_side=4,
-        target_flops_ratio=0.5,
-        sample_data=subset,
-    )
+    context = bare_context(base_model, tiny, sample_data=subset)
 
     def trial(kind):
         return Trial(key=kind, kind=kind, epochs=1, seed=0, train_seed=0)

@@ -8,7 +8,6 @@ import torch
 import tridim
 from tridim import cluster
 from tridim.store import RunStore
-from tridim.trial import TrialContext
 
 SETTINGS = {"rounds": 1, "epochs_per_step": 1, "quiet": True, "device": "cpu"}
 
@@ -36,16 +35,9 @@ def test_workers_share_the_cores_without_oversubscribing(
     tiny, base_model, monkeypatch, cores, workers, threads
 ):
     monkeypatch.setattr(cluster, "available_cores", lambda: cores)
-    context = TrialContext(
-        base=base_model,
-        data=tiny,
-        store=None,
-        input_size=tiny.input_shape,
-        base_macs=1,
-        base_blocks=[],
-        min_side=4,
-        target_flops_ratio=0.5,
-    )
+    from conftest import bare_context  # here: workers import this module, not conftest
+
+    context = bare_context(base_model, tiny)
     trials = cluster.ProcessTrials(context)
     try:
         assert (trials.workers, trials.threads) == (workers, threads)

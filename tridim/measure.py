@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .device import eval_mode, model_device
 from .space import check_input_size
-from .timing import time_models
+from .timing import time_one
 
 __all__ = ["count_macs", "count_params", "measure_latency", "check_input_size", "input_size_of"]
 
@@ -122,25 +122,15 @@ def measure_latency(
     """
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    result = time_models(
-        {"model": model},
+    timing = time_one(
+        model,
         input_size,
         batch_size,
         device=model_device(model) if device is None else device,
         threads=threads,
         repeats=repeats,
-        rounds=3,
         precision=precision,
         channels_last=channels_last,
     )
-    timing, state = result["models"]["model"], result["state"]
-    return {
-        "batch_size": batch_size,
-        **{k: timing[k] for k in ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms")},
-        "repeats": timing["repeats"],
-        "spread": timing["spread"],
-        "device": state["device"],
-        "precision": state["precision"],
-        "channels_last": state["channels_last"],
-        "state": state,
-    }
+    state = timing["state"]
+    return {**timing, **{k: state[k] for k in ("device", "precision", "channels_last")}}

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch.nn as nn
 
-from .timing import ratio_of, time_models
+from .timing import ratio_of, time_models, time_one
 
 __all__ = ["RUNTIMES", "check_runtime", "time_forward", "time_ratio"]
 
@@ -76,28 +76,17 @@ def time_forward(
         ``{"batch_size", "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats",
         "spread", "runtime", "device", "threads", "state"}``.
     """
-    result = time_models(
-        {"model": model},
+    timing = time_one(
+        model,
         input_size,
         batch_size,
         runtime=runtime,
         device=device,
         threads=threads,
         repeats=repeats,
-        rounds=3,
     )
-    timing = result["models"]["model"]
-    state = result["state"]
-    return {
-        "batch_size": batch_size,
-        **{k: timing[k] for k in ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms")},
-        "repeats": timing["repeats"],
-        "spread": timing["spread"],
-        "runtime": runtime,
-        "device": state["device"],
-        "threads": state["threads"],
-        "state": state,
-    }
+    state = timing["state"]
+    return {**timing, "runtime": runtime, "device": state["device"], "threads": state["threads"]}
 
 
 def time_ratio(

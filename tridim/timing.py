@@ -47,7 +47,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ import torch.nn as nn
 from .device import Execution, eval_mode, model_device, synchronize
 from .space import check_input_size
 
-__all__ = ["TimingSetup", "configure", "current_setup", "time_models", "SPREAD_LIMIT"]
+__all__ = ["TimingSetup", "configure", "current_setup", "time_models", "time_one", "SPREAD_LIMIT"]
 
 #: Round medians of one model may differ by at most this share of their median.
 SPREAD_LIMIT = 0.15
@@ -309,6 +309,15 @@ def _summary(rounds: list[list[float]], spread: float) -> dict:
     }
 
 
+def time_one(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, **options) -> dict:
+    """One model timed by :func:`time_models` (3 rounds), flattened: ``{"batch_size",
+    "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats", "spread", "state"}``."""
+    result = time_models({"model": model}, input_size, batch_size, rounds=3, **options)
+    timing = result["models"]["model"]
+    keys = ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats", "spread")
+    return {"batch_size": batch_size, **{k: timing[k] for k in keys}, "state": result["state"]}
+
+
 def ratio_of(result: dict, model: str, base: str) -> float:
     """The median over rounds of ``model``'s round median / ``base``'s."""
     ours = result["models"][model]["round_ms"]
@@ -537,11 +546,6 @@ def serve(stdin=None, stdout=None) -> None:
         result = _measure(runners, request)
         result["state"].update(state)
         _write_frame(stdout, json.dumps(result).encode())
-
-
-def setup_dict() -> dict:
-    """The configured setup, JSON-ready."""
-    return asdict(current_setup())
 
 
 if __name__ == "__main__":

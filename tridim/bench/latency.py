@@ -32,7 +32,7 @@ from tridim.latency import LatencyTable
 from tridim.models import build
 from tridim.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
-__all__ = ["run_latency_bench"]
+__all__ = ["run_latency_bench", "bench_setup"]
 
 
 def run_latency_bench(
@@ -56,11 +56,9 @@ def run_latency_bench(
     data_options: dict | None = None,
 ) -> dict:
     """Run the comparison; returns plain data (see the module docstring)."""
-    data = load(data_name, **(data_options or {}))
-    if train_subset:
-        data = data.subset(train=train_subset, seed=seed)
-    out = Path(out)
-    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    data, out, base, base_record = bench_setup(
+        data_name, model_name, out, base_epochs, seed, quiet, train_subset, data_options
+    )
     common = dict(
         rounds=rounds,
         epochs_per_step=epochs_per_step,
@@ -111,6 +109,19 @@ def run_latency_bench(
         )["fit"],
         "rows": rows,
     }
+
+
+def bench_setup(
+    data_name, model_name, out, base_epochs, seed, quiet, train_subset=None, data_options=None
+):
+    """What the benchmarks that start from one trained base model share: the data (a
+    seeded training subset if asked), the output folder, the base model and its record."""
+    data = load(data_name, **(data_options or {}))
+    if train_subset:
+        data = data.subset(train=train_subset, seed=seed)
+    out = Path(out)
+    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    return data, out, base, base_record
 
 
 def _base_model(model_name, data: DataBundle, epochs: int, seed: int, out: Path, quiet: bool):

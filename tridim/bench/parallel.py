@@ -14,12 +14,10 @@ import os
 import shutil
 import statistics
 import time
-from pathlib import Path
 
 import tridim
-from tridim.bench.latency import _base_model
+from tridim.bench.latency import bench_setup
 from tridim.cluster import available_cores
-from tridim.data import load
 
 __all__ = ["run_parallel_bench"]
 
@@ -39,11 +37,9 @@ def run_parallel_bench(
     data_options: dict | None = None,
 ) -> dict:
     """Run the benchmark; returns plain data (see the module docstring)."""
-    data = load(data_name, **(data_options or {}))
-    if train_subset:
-        data = data.subset(train=train_subset, seed=seed)
-    out = Path(out)
-    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    data, out, base, base_record = bench_setup(
+        data_name, model_name, out, base_epochs, seed, quiet, train_subset, data_options
+    )
     times: dict[str, list[float]] = {"this process": [], "processes": []}
     samples: dict[str, list] = {}
     for repeat in range(repeats):

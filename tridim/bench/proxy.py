@@ -15,15 +15,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from scipy.stats import spearmanr
 
 import tridim
-from tridim.bench.latency import _base_model
+from tridim.bench.latency import bench_setup
 from tridim.compute import stage_cost
 from tridim.costs import CostModel, macs_cost
-from tridim.data import load
 from tridim.predictor import choose_and_fit
 from tridim.solver import solve
 
@@ -48,11 +46,9 @@ def run_proxy_bench(
     """Run the benchmark; returns plain data (see the module docstring)."""
     if 1.0 not in fractions:
         fractions = (1.0, *fractions)  # the full recipe is the reference
-    data = load(data_name, **(data_options or {}))
-    if train_subset:
-        data = data.subset(train=train_subset, seed=seed)
-    out = Path(out)
-    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    data, out, base, base_record = bench_setup(
+        data_name, model_name, out, base_epochs, seed, quiet, train_subset, data_options
+    )
     cost = CostModel(base, data.input_shape, macs_cost, criterion="bn_scale", seed=seed)
     runs = {}
     for fraction in fractions:

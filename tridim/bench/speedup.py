@@ -21,12 +21,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import tridim
 from tridim.atomic import atomic_write_json
-from tridim.bench.latency import _base_model
-from tridim.data import load
+from tridim.bench.latency import bench_setup
 from tridim.models import build
 from tridim.runtimes import time_ratio
 from tridim.train import load_checkpoint
@@ -51,9 +49,9 @@ def run_speedup_bench(
     data_options: dict | None = None,
 ) -> dict:
     """Run the benchmark; returns plain data (see the module docstring)."""
-    data = load(data_name, **(data_options or {}))
-    out = Path(out)
-    base, base_record = _base_model(model_name, data, base_epochs, seed, out, quiet)
+    data, out, base, base_record = bench_setup(
+        data_name, model_name, out, base_epochs, seed, quiet, data_options=data_options
+    )
     cells = []
     for runtime in runtimes:
         for run in range(1, runs + 1):
