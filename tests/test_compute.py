@@ -63,9 +63,34 @@ def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, 
     assert finetune_data(trial("width"), context) is subset
     assert finetune_data(trial("refine"), context) is subset
     assert finetune_data(trial("final"), context) is tiny
-    assert "sample_fraction" not in CollectionSettings(0.5).manifest()
     with pytest.raises(ValueError, match="sample_fraction must be in"):
         CollectionSettings(0.5, sample_fraction=1.5)
+
+
+@pytest.mark.parametrize(
+    "train_examples, fraction",
+    [(1_168, 1.0), (2_500, 1.0), (5_000, 0.5), (10_000, 0.25), (55_000, 0.25)],
+)
+def test_the_default_proxy_keeps_2500_images_and_at_least_a_quarter(train_examples, fraction):
+    from tridim.collect import CollectionSettings
+
+    settings = CollectionSettings(0.5).for_data(train_examples)
+    assert settings.sample_fraction == fraction
+    manifest = settings.manifest()
+    if fraction == 1.0:  # run folders made before the option resume unchanged
+        assert "sample_fraction" not in manifest
+    else:  # a resume on other data cannot silently change the proxy
+        assert manifest["sample_fraction"] == fraction
+    chosen = CollectionSettings(0.5, sample_fraction=0.5).for_data(train_examples)
+    assert chosen.sample_fraction == 0.5  # a number given is kept
+
+
+def test_the_cli_takes_auto_or_a_number_for_the_sample_fraction(capsys):
+    from tridim.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["optimize", "--sample-fraction", "most"])
+    assert "expected a number in (0, 1] or auto, got 'most'" in capsys.readouterr().err
 
 
 def test_a_proxy_collection_costs_its_share(tiny, base_model, tmp_path):

@@ -73,7 +73,8 @@ def originals(tmp_path_factory):
     readers = {
         "predictor.json": LowRankPolynomialRegressor.load,
         "model/model.json": lambda p: tridim.load(p.parent),
-        "model/weights.pt": lambda p: tridim.load(p.parent),
+        "model/model.safetensors": lambda p: tridim.load(p.parent),
+        "model/weights.pt": _load_from_weights_pt,
         "plan.json": Plan.load,
         "run/manifest.json": lambda p: RunStore(p.parent).check(_manifest()),
         "latency.json": LatencyTable.load,
@@ -84,6 +85,12 @@ def originals(tmp_path_factory):
     for name in readers:
         assert (folder / name).is_file(), name
     return folder, readers
+
+
+def _load_from_weights_pt(path: Path):
+    """A saved model whose only weights file is ``weights.pt`` (as tridim before 0.4)."""
+    (path.parent / "model.safetensors").unlink(missing_ok=True)
+    return tridim.load(path.parent)
 
 
 def apply_to(plan, base):
@@ -139,6 +146,7 @@ def _copy_of(originals, name: str, tmp_path: Path) -> Path:
 BYTE_NAMES = [
     "predictor.json",
     "model/model.json",
+    "model/model.safetensors",
     "model/weights.pt",
     "plan.json",
     "run/manifest.json",

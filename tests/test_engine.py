@@ -534,3 +534,23 @@ def test_optimize_killed_at_20_random_moments_ends_as_an_uninterrupted_run(base_
     keys = [s.extra["key"] for s in read_samples(killed / JOURNAL_NAME)]
     reference_keys = [s.extra["key"] for s in read_samples(reference / JOURNAL_NAME)]
     assert len(keys) == len(set(keys)) and sorted(keys) == sorted(reference_keys)
+
+
+def test_a_saved_model_loads_from_safetensors_or_weights_pt_alone(base_model, tmp_path):
+    from safetensors.torch import load_file
+
+    pruned, plan = tridim.realise(
+        base_model, tridim.Triple(1.0, 0.7, 0.75), input_size=(1, 16, 16), criterion="l1"
+    )
+    folder = tridim.save(pruned, tmp_path / "m", plan=plan)
+    hub = load_file(folder / "model.safetensors")  # what a model hub's tooling reads
+    assert hub.keys() == pruned.state_dict().keys()
+    assert all(torch.equal(hub[k], v) for k, v in pruned.state_dict().items())
+    x = torch.randn(2, 1, 16, 16)
+    expected = pruned.eval()(x)
+    assert torch.equal(tridim.load(folder)(x), expected)
+    (folder / "model.safetensors").unlink()  # a model saved before safetensors
+    assert torch.equal(tridim.load(folder)(x), expected)
+    (folder / "weights.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="neither model.safetensors nor weights.pt"):
+        tridim.load(folder)

@@ -244,10 +244,11 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sample-fraction",
-        type=float,
-        default=1.0,
+        type=_fraction_or_auto,
+        default="auto",
         help="samples finetune on this fraction of the training split, the same subset "
-        "for all (default 1: all of it; the final model always trains on all)",
+        "for all (default auto: all of up to 2,500 images, else 2,500 of them but at least "
+        "a quarter; the final model always trains on all)",
     )
     parser.add_argument(
         "--channel-multiple",
@@ -414,6 +415,18 @@ def _workdir(args: argparse.Namespace) -> Path:
     return Path("runs") / f"{args.model}-{data}-t{args.target:g}"
 
 
+def _fraction_or_auto(text: str) -> float | str:
+    """``--sample-fraction``: a number, or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in (0, 1] or auto, got {text!r}"
+        ) from None
+
+
 def _collection_settings(args: argparse.Namespace, bundle=None):
     """The collection settings, validated; with the data, ``auto`` criterion resolved."""
     from . import models
@@ -432,7 +445,10 @@ def _collection_settings(args: argparse.Namespace, bundle=None):
         channel_multiple=args.channel_multiple,
         sample_fraction=args.sample_fraction,
     )
-    if bundle is None or settings.criterion != "auto":
+    if bundle is None:
+        return settings
+    settings = settings.for_data(len(bundle.train))
+    if settings.criterion != "auto":
         return settings
     return settings.for_model(models.build(args.model, bundle.num_classes, bundle.input_shape[0]))
 

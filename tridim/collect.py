@@ -43,6 +43,7 @@ from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .progress import Stage
+from .recipe import Recipe
 from .samples import Sample
 from .space import Triple, check_ratio
 from .store import RunStore
@@ -56,6 +57,7 @@ __all__ = [
     "collection_trials",
     "open_run",
     "DIMENSIONS",
+    "auto_sample_fraction",
 ]
 
 DIMENSIONS = ("depth", "width", "resolution")
@@ -63,6 +65,19 @@ DIMENSIONS = ("depth", "width", "resolution")
 COLLECTIONS = ("one-shot", "chain")
 #: The smallest image side (pixels) the resolution dimension goes down to.
 MIN_SIDE = 4
+#: ``sample_fraction="auto"``: a proxy keeps at least this many training images...
+PROXY_MIN_IMAGES = 2500
+#: ... and at least this share of them (the smallest share measured faithful).
+PROXY_MIN_FRACTION = 0.25
+
+
+def auto_sample_fraction(train_examples: int) -> float:
+    """The share of a training split of ``train_examples`` images samples finetune on by
+    default: all of a small split, else ``PROXY_MIN_IMAGES`` of it, never under
+    ``PROXY_MIN_FRACTION`` (``tridim bench proxy``; README "Samples on a proxy")."""
+    if train_examples <= PROXY_MIN_IMAGES:
+        return 1.0
+    return max(PROXY_MIN_FRACTION, PROXY_MIN_IMAGES / train_examples)
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,7 @@ class CollectionSettings:
     design: int = DEFAULT_DESIGN
     distill: bool = True
     channel_multiple: int = 1
-    sample_fraction: float = 1.0
+    sample_fraction: float | str = "auto"
 
     def __post_init__(self) -> None:
         from .dims.criteria import CRITERIA
@@ -126,9 +141,9 @@ class CollectionSettings:
         if not isinstance(self.distill, bool):
             raise ValueError(f"distill must be True or False, got {self.distill!r}")
         check_channel_multiple(self.channel_multiple)
-        object.__setattr__(
-            self, "sample_fraction", check_ratio(self.sample_fraction, "sample_fraction")
-        )
+        if self.sample_fraction != "auto":
+            fraction = check_ratio(self.sample_fraction, "sample_fraction")
+            object.__setattr__(self, "sample_fraction", fraction)
 
     def manifest(self) -> dict:
         """The settings as the run folder's manifest records them (``ends`` only if set)."""
@@ -141,6 +156,14 @@ class CollectionSettings:
         else:
             fields["ends"] = list(fields["ends"])
         return fields
+
+    def for_data(self, train_examples: int) -> CollectionSettings:
+        """These settings with ``sample_fraction="auto"`` resolved for a training split of
+        ``train_examples`` (:func:`auto_sample_fraction`)."""
+        if self.sample_fraction != "auto":
+            return self
+        fraction = auto_sample_fraction(train_examples)
+        return dataclasses.replace(self, sample_fraction=fraction)
 
     def for_model(self, model: nn.Module) -> CollectionSettings:
         """These settings with ``criterion="auto"`` resolved for ``model``."""
@@ -275,7 +298,7 @@ def collect(
     design: int = DEFAULT_DESIGN,
     distill: bool = True,
     channel_multiple: int = 1,
-    sample_fraction: float = 1.0,
+    sample_fraction: float | str = "auto",
     executor: Executor | None = None,
     cluster: str | None = None,
     quiet: bool = False,
@@ -322,10 +345,11 @@ def collect(
     channel_multiple : int
         Every pruned channel group keeps a multiple of this many channels (1: any
         count; 8: what vectorised kernels prefer, see README "Latency you can rely on").
-    sample_fraction : float in (0, 1]
+    sample_fraction : float in (0, 1] or "auto"
         Samples finetune on this fraction of the training split, the same seeded subset
         for every sample of the run (a proxy: cheaper samples; accuracy is still
-        measured on the whole validation split).
+        measured on the whole validation split). ``"auto"`` (default):
+        :func:`auto_sample_fraction` of the split's size.
     executor : concurrent.futures.Executor, optional
         Runs independent trials (one-shot samples, or the three chains) concurrently (e.g. a ThreadPoolExecutor); by default
         they run one after another in this process.
@@ -366,6 +390,7 @@ def collect(
         channel_multiple=channel_multiple,
         sample_fraction=sample_fraction,
     ).for_model(model)
+    settings = settings.for_data(len(data.train))
     context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
     with ray_trials(context, cluster) as trials:
         return run_collection(context, settings, executor=executor, cluster=trials)
@@ -380,6 +405,7 @@ def open_run(
     extra_manifest: dict | None = None,
     quiet: bool = False,
     execution: Execution | None = None,
+    recipe: Recipe | None = None,
 ) -> TrialContext:
     """Check the model against the data and settings, open the run folder, and return
     the context every trial of the run shares.
@@ -392,6 +418,7 @@ def open_run(
     """
     check_model_fits_data(model, data)
     input_size = check_input_size(data.input_shape)
+    settings = settings.for_data(len(data.train))
     base = copy.deepcopy(model).eval()
     execution = execution or Execution()
     # under torchrun: join the process group, one device per rank
@@ -420,6 +447,7 @@ def open_run(
         seed=settings.seed,
         quiet=quiet,
         execution=execution,
+        recipe=recipe,
     )
 
 

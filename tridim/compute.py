@@ -30,17 +30,18 @@ FORMULA = (
 
 
 def stage_cost(
-    samples: Iterable[Sample], *, train_images: int, distill: bool, data_share: float = 1.0
+    samples: Iterable[Sample], *, train_images: int | None, distill: bool, data_share: float = 1.0
 ) -> dict:
     """Trials, epochs, images seen, seconds and base epochs of one stage's samples, each
-    finetuned on ``train_images`` images, ``data_share`` of the base model's training set."""
+    finetuned on ``train_images`` images (None: unknown, a user's loop),
+    ``data_share`` of the base model's training set."""
     samples = list(samples)
     teacher = TEACHER_SHARE if distill else 0.0
     epochs = [int(s.extra.get("epochs", 0)) for s in samples]
     return {
         "trials": sum(e > 0 for e in epochs),
         "epochs": sum(epochs),
-        "images": sum(epochs) * train_images,
+        "images": None if train_images is None else sum(epochs) * train_images,
         "seconds": sum(float(s.extra.get("seconds", 0.0)) for s in samples),
         "base_epochs": data_share
         * sum(
@@ -64,7 +65,7 @@ def compute_record(stages: Mapping[str, dict], base_training_epochs: int | None)
 
     search = [name for name in stages if name not in ("base", "final")]
     totals = {
-        name: {key: sum(stages[s][key] for s in members) for key in _KEYS}
+        name: {key: _total(stages[s][key] for s in members) for key in _KEYS}
         for name, members in (("search", search), ("total", list(stages)))
     }
     return {
@@ -77,3 +78,9 @@ def compute_record(stages: Mapping[str, dict], base_training_epochs: int | None)
 
 
 _KEYS = ("trials", "epochs", "images", "seconds", "base_epochs")
+
+
+def _total(values: Iterable) -> float | None:
+    """The sum, or None when any value is unknown."""
+    values = list(values)
+    return None if any(v is None for v in values) else sum(values)

@@ -1,14 +1,17 @@
 """Saving and loading pruned models without pickled code, and ONNX export.
 
-A saved model is a folder with two files:
+A saved model is a folder with three files:
 
 - ``model.json`` — schema version, the base model's :class:`~tridim.models.ModelSpec`,
   the :class:`~tridim.plan.Plan` that cuts the pruned architecture from it (or none),
   and the input size;
-- ``weights.pt`` — the state dict, read back with ``torch.load(..., weights_only=True)``.
+- ``model.safetensors`` — the state dict as safetensors (the format model hubs use:
+  tensors and a JSON header, nothing executable);
+- ``weights.pt`` — the same state dict for ``torch.load(..., weights_only=True)``.
 
 :func:`load` rebuilds the base architecture from the spec, re-applies the plan, and
-loads the weights: no code is ever unpickled.
+loads the weights from whichever of the two weight files the folder has (safetensors
+first): no code is ever unpickled.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import json
 import os
 from pathlib import Path
 
+import safetensors.torch
 import torch
 import torch.nn as nn
 
@@ -34,6 +38,7 @@ __all__ = ["save", "load", "describe", "export_onnx", "state_dict_mismatch", "SC
 SCHEMA_VERSION = 1
 _DESCRIPTION = "model.json"
 _WEIGHTS = "weights.pt"
+_SAFETENSORS = "model.safetensors"
 
 
 def _unwrap(result_or_model, plan: Plan | None) -> tuple[nn.Module, Plan | None]:
@@ -113,7 +118,8 @@ def save(result_or_model, path: str | os.PathLike, *, plan: Plan | None = None) 
         "input_size": list(input_size or []),
     }
     folder = Path(path)
-    state = model.state_dict()
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    atomic_write(folder / _SAFETENSORS, safetensors.torch.save(state))
     atomic_write(folder / _WEIGHTS, lambda handle: torch.save(state, handle))
     atomic_write_json(folder / _DESCRIPTION, description)
     return folder
@@ -167,7 +173,7 @@ def load(path: str | os.PathLike, base_model: nn.Module | None = None) -> nn.Mod
     Raises
     ------
     FileNotFoundError
-        If the folder lacks ``model.json`` or ``weights.pt``.
+        If the folder lacks ``model.json``, or both ``model.safetensors`` and ``weights.pt``.
     ValueError
         If the description or weights are malformed or do not fit together.
     """
@@ -197,16 +203,24 @@ def _base_architecture(folder: Path, description: dict, base_model: nn.Module | 
 
 
 def _read_weights(folder: Path, model: nn.Module) -> dict:
-    weights = folder / _WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"{folder} has no {_WEIGHTS}")
-    try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # never fall back to unpickling arbitrary objects
-        raise ValueError(f"{weights} is not a weights-only tensor file: {error}") from None
+    """The state dict from ``model.safetensors``, else ``weights.pt`` (weights only)."""
+    tensors, weights = folder / _SAFETENSORS, folder / _WEIGHTS
+    if tensors.is_file():
+        try:
+            state, source = safetensors.torch.load(tensors.read_bytes()), tensors
+        except Exception as error:  # a truncated or foreign file
+            raise ValueError(f"{tensors} is not a readable safetensors file: {error}") from None
+    elif weights.is_file():
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # never fall back to unpickling arbitrary objects
+            raise ValueError(f"{weights} is not a weights-only tensor file: {error}") from None
+        source = weights
+    else:
+        raise FileNotFoundError(f"{folder} has neither {_SAFETENSORS} nor {_WEIGHTS}")
     problem = state_dict_mismatch(state, model)
     if problem:
-        raise ValueError(f"{weights} does not fit the architecture in {_DESCRIPTION}: {problem}")
+        raise ValueError(f"{source} does not fit the architecture in {_DESCRIPTION}: {problem}")
     return state
 
 

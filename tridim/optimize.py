@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,7 @@ from .models import spec_of
 from .plan import Plan
 from .predictor import LowRankPolynomialRegressor, choose_and_fit
 from .progress import Stage
+from .recipe import OwnLoop, check_picklable, probe_bundle, user_recipe
 from .report import render_report_markdown
 from .runtimes import check_runtime
 from .samples import Sample
@@ -155,10 +157,15 @@ class OptimizeSettings:
 
 def optimize(
     model: nn.Module,
-    data: DataBundle,
+    data: DataBundle | None = None,
     target_flops_ratio: float | None = None,
     *,
     workdir: str | os.PathLike,
+    finetune: Callable | None = None,
+    evaluate: Callable | None = None,
+    higher_is_better: bool = True,
+    example_input: torch.Tensor | None = None,
+    probe_data: Iterable | None = None,
     target_speedup: float | None = None,
     target_latency_ms: float | None = None,
     runtime: str = "eager",
@@ -174,7 +181,7 @@ def optimize(
     collection: str = "one-shot",
     design: int = DEFAULT_DESIGN,
     channel_multiple: int = 1,
-    sample_fraction: float = 1.0,
+    sample_fraction: float | str = "auto",
     lr: float = 0.02,
     seed: int = 0,
     latency_batch: int = 64,
@@ -192,13 +199,29 @@ def optimize(
     ----------
     model : torch.nn.Module
         The trained model (left unchanged).
-    data : DataBundle
-        Finetuning uses ``train``, samples are scored on ``val``, the result on ``test``.
+    data : DataBundle, optional
+        tridim's own loop finetunes on ``train``, scores samples on ``val`` and the
+        result on ``test``. With a user's loop (``finetune`` and ``evaluate``) it is
+        optional: the probes then read it, or ``probe_data``.
     target_flops_ratio : float
         A MACs budget: pruned MACs / original MACs, in (0, 1].
     workdir : path
         Run folder (:class:`~tridim.store.RunStore`): journal, trials, predictor, model
         and report go here; re-running with the same workdir resumes every stage.
+    finetune, evaluate : callable, optional
+        A user's training loop and metric instead of tridim's loop (both or neither;
+        :mod:`tridim.recipe`): ``finetune(model, epochs, *, teacher=None, trial=None)``
+        trains in place, ``evaluate(model) -> float`` scores. Every trial uses them.
+    higher_is_better : bool
+        Whether a larger ``evaluate`` score is better (False for a loss).
+    example_input : torch.Tensor, optional
+        With a user's loop and no ``data``: one input, ``(C, H, W)`` or a batch; gives
+        the input size.
+    probe_data : iterable, optional
+        With a user's loop and no ``data``: input batches, or ``(inputs, labels)``
+        batches, for the depth probes and data-driven width criteria (the base model's
+        predictions stand in for missing labels). Needed when the model has removable
+        blocks.
     target_speedup : float, optional
         Instead, a latency budget: base latency / pruned latency (> 1), measured on
         ``runtime`` at batch ``latency_batch``. The solver uses a per-layer latency table
@@ -241,9 +264,11 @@ def optimize(
         Every pruned channel group keeps a multiple of this many channels (1, the
         default: any count; 8: the counts vectorised kernels prefer). A MACs budget is
         then met within 3% instead of 1%.
-    sample_fraction : float in (0, 1]
+    sample_fraction : float in (0, 1] or "auto"
         Samples and refine trials finetune on this fraction of the training split (the
-        same seeded subset for all); the final model trains on all of it.
+        same seeded subset for all); the final model trains on all of it. ``"auto"``
+        (default): all of a split of up to 2,500 images, else 2,500 of them but at least
+        a quarter (:func:`~tridim.collect.auto_sample_fraction`).
     lr : float
         Peak finetuning learning rate.
     seed : int
@@ -311,8 +336,10 @@ def optimize(
     )
     if predictor is not None and budget is None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
-    _check_model_and_cluster(model, data, cluster)
-    collection = collection.for_model(model)
+    recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
+    data = _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
+    own_data = len(data.train) if recipe is None else 0  # a user's loop picks its own data
+    collection = collection.for_model(model).for_data(own_data)
     size = check_input_size(data.input_shape)
     manifest = {"optimize": settings.manifest()}
     if budget is None:
@@ -327,6 +354,8 @@ def optimize(
         manifest["latency_budget"] = budget.to_dict()
     if predictor is not None:
         manifest["reused_predictor"] = _predictor_fingerprint(predictor)
+    if recipe is not None:
+        manifest["recipe"] = recipe.describe()
     context = open_run(
         model,
         data,
@@ -335,6 +364,7 @@ def optimize(
         extra_manifest=manifest,
         quiet=quiet,
         execution=execution,
+        recipe=recipe,
     )
     cost = None if budget is None else prepared
     if budget is not None:
@@ -343,10 +373,39 @@ def optimize(
         return _Pipeline(context, collection, settings, trials, cost).run(predictor)
 
 
-def _check_model_and_cluster(model: nn.Module, data: DataBundle, cluster: str | None) -> None:
-    """Before any work: the model fits the data and the cluster is known (and usable)."""
+def _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster):
+    """The run's data, checked before any work: ``data``, or with a user's loop and no
+    data the probe bundle of ``example_input`` and ``probe_data``; also checks that the
+    model fits it and that the cluster is known (and usable)."""
     check_cluster(cluster)
+    if recipe is None:
+        if data is None:
+            raise ValueError(
+                "data is missing: pass a DataBundle (tridim.data.load) for tridim's own "
+                "training loop, or your own loop with finetune= and evaluate="
+            )
+    else:
+        if sample_fraction not in ("auto", 1, 1.0):
+            raise ValueError(
+                f"sample_fraction={sample_fraction!r} needs tridim's own loop: a user's "
+                "finetune() chooses its own data (leave sample_fraction at auto)"
+            )
+        if cluster is not None:
+            check_picklable(recipe, cluster)
+        if data is None:
+            if example_input is None:
+                raise ValueError(
+                    "example_input is missing: with your own loop and no data, pass one "
+                    "input (C, H, W) so tridim knows the input size"
+                )
+            data = probe_bundle(model, example_input, probe_data)
+            if probe_data is None and depth_can_change(model, data.input_shape):
+                raise ValueError(
+                    "probe_data is missing: this model has removable blocks, and their "
+                    "linear probes need inputs (about 512): pass an iterable of batches"
+                )
     check_model_fits_data(model, data)
+    return data
 
 
 #: Refinement stops once width moves less than this (and depth, resolution less than a
@@ -628,9 +687,14 @@ class _Pipeline:
         report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
         report["compute"] = self._compute(samples, len(refinements), final)
-        report["val_accuracy"] = evaluate_split(final.model, "val", self.context)
+        plain = self.context.recipe.plain
+        report["val_accuracy"] = plain(evaluate_split(final.model, "val", self.context))
+        report["score"] = self.context.recipe.describe()
         report["predictor"] = self.selection
         report["samples_meaning"] = self._samples_meaning()
+        for record in refinements:
+            for key in ("predicted_accuracy", "measured_accuracy", "new_predicted_accuracy"):
+                record[key] = plain(record[key])
         if refinements:
             last = refinements[-1]
             offset = last["measured_accuracy"] - last["predicted_accuracy"]
@@ -680,7 +744,10 @@ class _Pipeline:
             stage: {key: timing["median_ms"] for key, timing in timings.items()}
             for stage, timings in latency["stages"].items()
         }
-        predicted = float(predictor.predict([list(realised.as_tuple())])[0])
+        recipe = self.context.recipe
+        raw = recipe.plain(float(predictor.predict([list(realised.as_tuple())])[0]))
+        accuracy = isinstance(recipe, OwnLoop)
+        predicted = min(1.0, max(0.0, raw)) if accuracy else raw
         return {
             "target_flops_ratio": self.target if self.latency is None else None,
             "budget": self._budget_record(final.model, latency),
@@ -689,9 +756,9 @@ class _Pipeline:
             "triple": realised.to_dict(),
             "solved_triple": solution.triple.to_dict(),
             "multiplier": solution.multiplier,
-            "base_accuracy": base_accuracy,
-            "accuracy": final.sample.accuracy,
-            "predicted_accuracy": min(1.0, max(0.0, predicted)),
+            "base_accuracy": recipe.plain(base_accuracy),
+            "accuracy": recipe.plain(final.sample.accuracy),
+            "predicted_accuracy": predicted,
             "predictor_loo_rmse": loo_rmse,
             "macs_before": base_macs,
             "macs_after": plan.macs,
@@ -705,7 +772,7 @@ class _Pipeline:
                 for stage, timings in latency["stages"].items()
             },
             "timing": latency["states"],
-            "prediction": _prediction_note(predictor, realised, predicted),
+            "prediction": _prediction_note(predictor, realised, raw, accuracy),
             "warnings": _latency_warnings(latency),
         }
 
@@ -758,12 +825,13 @@ class _Pipeline:
         }
         full = len(self.context.data.train)
         sampled = len((self.context.sample_data or self.context.data).train)
+        own = isinstance(self.context.recipe, OwnLoop)  # a user's loop: images unknown
         record = {}
         for name, members in stages.items():
             images = full if name == "final" else sampled
             record[name] = stage_cost(
                 members,
-                train_images=images,
+                train_images=images if own else None,
                 distill=self.collection.distill,
                 data_share=images / full,
             )
@@ -778,6 +846,11 @@ class _Pipeline:
             f"finetuned {c.epochs_per_step} epochs{share} (SGD, cosine, lr {c.lr:g}{distilled}) "
             f"and scored on the validation split"
         )
+        if not isinstance(self.context.recipe, OwnLoop):
+            recipe = (
+                f"finetuned {c.epochs_per_step} epochs by your finetune(){distilled} and "
+                f"scored by your evaluate()"
+            )
         if self.reused_predictor:
             return f"samples of the reused predictor's run; refine trials here were {recipe}"
         if c.collection == "chain":
@@ -842,18 +915,20 @@ def _latency_warnings(latency: dict) -> list[str]:
     ]
 
 
-def _prediction_note(predictor, realised: Triple, predicted: float) -> dict:
-    """How far to trust the predicted accuracy: where it comes from, and if it extrapolates."""
+def _prediction_note(predictor, realised: Triple, predicted: float, accuracy: bool) -> dict:
+    """How far to trust the predicted score: where it comes from, and if it extrapolates.
+    ``accuracy``: the score is tridim's accuracy (clipped to [0, 1] in the report)."""
     lower, upper = predictor.bounds_
     point = realised.as_tuple()
     inside = all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(point, lower, upper))
+    measured = "validation accuracy" if accuracy else "the score of your evaluate()"
     return {
         "raw": predicted,
-        "clipped": not 0.0 <= predicted <= 1.0,
+        "clipped": accuracy and not 0.0 <= predicted <= 1.0,
         "inside_sampled_box": inside,
-        "meaning": "validation accuracy after a short finetune (epochs_per_step), as the "
-        "samples were measured; the pruned model's accuracy is on the test split after "
-        "the final finetune, so it is usually higher",
+        "meaning": f"{measured} after a short finetune (epochs_per_step), as the samples "
+        "were measured; the pruned model's is after the final finetune"
+        + (" on the test split, so it is usually higher" if accuracy else ""),
     }
 
 

@@ -139,9 +139,7 @@ def _report_rows(report: dict) -> list[tuple[str, str]]:
         *_budget_rows(report),
         ("measured MACs ratio", f"{report['macs_ratio']:.3f}"),
         ("triple (d, w, r)", f"({t['d']:.3f}, {t['w']:.3f}, {t['r']:.3f})"),
-        ("base accuracy (test)", f"{report['base_accuracy']:.4f}"),
-        ("pruned accuracy (test)", f"{report['accuracy']:.4f}"),
-        (_predicted_label(report), f"{report['predicted_accuracy']:.4f}"),
+        *_score_rows(report),
         ("MACs", f"{report['macs_before']:,} -> {report['macs_after']:,}"),
         ("params", f"{report['params_before']:,} -> {report['params_after']:,}"),
         ("latency batch 1 (ms)", _latency_cell(report, "batch_1")),
@@ -177,8 +175,21 @@ def _budget_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def _predicted_label(report: dict) -> str:
-    return "predicted accuracy (validation)" if report.get("prediction") else "predicted accuracy"
+def _score_rows(report: dict) -> list[tuple[str, str]]:
+    """Base, pruned and predicted score: accuracy on the test split with tridim's loop,
+    else the user's ``evaluate()`` (``report["score"]`` names it)."""
+    score = report.get("score") or {"loop": "OwnLoop", "score": "accuracy"}
+    if score["loop"] == "OwnLoop":
+        where, predicted = " (test)", " (validation)" if report.get("prediction") else ""
+    else:
+        lower = "" if score.get("higher_is_better", True) else ", lower is better"
+        where, predicted = f" (evaluate(){lower})", ""
+    name = score["score"]
+    return [
+        (f"base {name}{where}", f"{report['base_accuracy']:.4f}"),
+        (f"pruned {name}{where}", f"{report['accuracy']:.4f}"),
+        (f"predicted {name}{predicted}", f"{report['predicted_accuracy']:.4f}"),
+    ]
 
 
 def _compute_rows(compute: dict | None) -> list[tuple[str, str]]:
@@ -189,8 +200,9 @@ def _compute_rows(compute: dict | None) -> list[tuple[str, str]]:
     for key, label in (("search", "compute before the final finetune"), ("total", "compute")):
         cost = compute[key]
         text = (
-            f"{cost['trials']} trials, {cost['epochs']} epochs, {cost['images']:,} images, "
-            f"{cost['seconds']:.0f} s; {cost['base_epochs']:.2f} base epochs"
+            f"{cost['trials']} trials, {cost['epochs']} epochs, "
+            + ("" if cost["images"] is None else f"{cost['images']:,} images, ")
+            + f"{cost['seconds']:.0f} s; {cost['base_epochs']:.2f} base epochs"
         )
         if cost.get("base_trainings") is not None:
             text += f" = {cost['base_trainings']:.2f} base trainings"

@@ -30,16 +30,17 @@ import torch.nn as nn
 
 from .budget import LatencyBudget, realise_to_latency
 from .data import DataBundle
-from .device import Execution, model_device
+from .device import Execution
 from .dims.depth import blocks_to_keep, find_blocks, minimum_depth, remove_blocks, select_blocks
 from .dims.resolution import ResolutionWrapper, reduced_size
 from .distributed import barrier, broadcast_module, broadcast_object, world
 from .plan import Plan
 from .realise import apply_plan, count_channels, plan_of, realise
+from .recipe import OwnLoop, Recipe
 from .samples import Sample
 from .space import Triple
 from .store import RunStore, StepRecord
-from .train import evaluate, seed_everything, train
+from .train import seed_everything
 
 __all__ = [
     "Trial",
@@ -144,6 +145,13 @@ class TrialContext:
     #: The base model's block gains (linear probes), once per run; None without
     #: removable blocks.
     gains: list | None = None
+    #: How trials finetune and are scored (:mod:`tridim.recipe`); default: tridim's loop
+    #: on ``data`` (samples on ``sample_data``) with ``lr`` and ``batch_size``.
+    recipe: Recipe | None = None
+
+    def __post_init__(self) -> None:
+        if self.recipe is None:
+            self.recipe = OwnLoop(self.data, self.sample_data, self.lr, self.batch_size)
 
 
 @dataclass
@@ -260,10 +268,10 @@ def _cut_once(
 
 
 def evaluate_split(model: nn.Module, split: str, context: TrialContext) -> float:
-    """Accuracy on ``split``, on the model's device and at the run's precision."""
-    device = model_device(model)
-    loader = context.data.loader(split, 256, device=device)
-    return evaluate(model, loader, precision=context.execution.precision)
+    """The run's score of ``model`` on ``split``, oriented so that larger is better
+    (:meth:`~tridim.recipe.Recipe.oriented`; tridim's own loop: accuracy)."""
+    recipe = context.recipe
+    return recipe.oriented(recipe.evaluate(model, split, context.execution))
 
 
 def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionWrapper:
@@ -273,27 +281,20 @@ def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionW
 
 
 def finetune_data(trial: Trial, context: TrialContext) -> DataBundle:
-    """What ``trial`` finetunes on: the run's sample subset, except for the final model."""
-    if trial.kind == "final" or context.sample_data is None:
-        return context.data
-    return context.sample_data
+    """What ``trial`` finetunes on with tridim's loop: the run's sample subset, except for
+    the final model."""
+    return OwnLoop(context.data, context.sample_data).training_data(trial)
 
 
 def _finetune(trial: Trial, model: nn.Module, context: TrialContext, checkpoint_path) -> None:
-    train(
+    recipe = context.recipe
+    recipe.finetune(
         model,
-        finetune_data(trial, context),
-        trial.epochs,
-        lr=context.lr,
-        batch_size=context.batch_size,
-        seed=trial.train_seed,
+        trial,
         teacher=context.base if trial.distill else None,
-        evaluate_each_epoch=False,
-        checkpoint_path=checkpoint_path,
+        checkpoint_path=checkpoint_path if recipe.checkpoints_epochs else None,
         quiet=context.quiet,
-        label=trial.label or trial.key,
-        precision=context.execution.precision,
-        channels_last=context.execution.channels_last,
+        execution=context.execution,
     )
 
 

@@ -10,7 +10,11 @@ each stored as JSON in ``out/cells`` the moment it finishes; a re-run skips fini
 cells, so a kill loses at most one cell (``tridim`` cells resume inside their own run
 folder too). Methods:
 
-- ``tridim``: :func:`tridim.optimize` with its default pipeline at the target;
+- ``tridim``: :func:`tridim.optimize` at the target, with ``design`` mixed samples; the
+  variants change one thing (``TRIDIM_VARIANTS``): ``tridim-axis`` no mixed samples,
+  ``tridim-proxy`` no mixed samples and samples on the default proxy share of the
+  training set (``sample_fraction="auto"``; every other variant samples on all of it),
+  ``tridim-chain`` chained samples, ``tridim-bn-scale``/``tridim-group-norm`` a criterion;
 - ``tridim-latency``: :func:`tridim.optimize` with a latency budget equal to the speed-up
   the ``tridim`` cell measured (at the latency batch, PyTorch eager on this CPU);
 - ``depth-only``, ``width-only`` (BN scale), ``resolution-only``: one dimension to the
@@ -63,6 +67,7 @@ __all__ = ["run_compare_bench", "METHODS", "render_markdown", "plateau_schedule"
 TRIDIM_VARIANTS = {
     "tridim": {},
     "tridim-axis": {"design": 0},
+    "tridim-proxy": {"design": 0, "sample_fraction": "auto"},
     "tridim-chain": {"collection": "chain", "design": 0},
     "tridim-bn-scale": {"criterion": "bn_scale"},
     "tridim-group-norm": {"criterion": "group_norm"},
@@ -409,7 +414,12 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
     """optimize() with the bench's settings; ``options`` are a variant's or a latency
     budget's."""
     o = setup.options
-    options = {"criterion": o["criterion"], "design": o["design"], **options}
+    options = {
+        "criterion": o["criterion"],
+        "design": o["design"],
+        "sample_fraction": 1.0,
+        **options,
+    }
     workdir = o["out"] / "runs" / f"{name}-t{target:g}-s{seed}"
     latency = "target_speedup" in options
     result = tridim.optimize(
