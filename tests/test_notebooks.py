@@ -74,3 +74,41 @@ def test_new_budgets_notebook_runs():
         for out in _outputs(notebook)
     )
     assert "measured accuracy, test split" in text
+
+
+def _run_in(name: str, folder: Path) -> tuple[nbformat.NotebookNode, str]:
+    """Execute a self-contained notebook with ``folder`` as its current directory."""
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    client = nbclient.NotebookClient(
+        notebook,
+        timeout=CELL_TIMEOUT,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(folder)}},
+    )
+    try:
+        client.execute()
+    except nbclient.exceptions.CellExecutionError as error:
+        pytest.fail(f"{name}: a cell raised\n{error}", pytrace=False)
+    text = "".join(out.get("text", "") for out in _outputs(notebook))
+    return notebook, text
+
+
+def test_own_training_loop_notebook_runs_where_it_is_started(tmp_path):
+    import json
+
+    _, text = _run_in("03_own_training_loop.ipynb", tmp_path)
+    report = json.loads((tmp_path / "runs" / "own-loop" / "report.json").read_text())
+    assert report["score"]["loop"] == "UserLoop"
+    assert report["macs_ratio"] <= 0.51
+    assert "reloaded model agrees: True" in text
+    assert (tmp_path / "runs" / "own-loop-model" / "model.safetensors").is_file()
+
+
+def test_own_metric_notebook_scores_by_macro_f1(tmp_path):
+    import json
+
+    _, text = _run_in("04_own_metric.ipynb", tmp_path)
+    report = json.loads((tmp_path / "runs" / "own-metric" / "report.json").read_text())
+    assert report["score"]["score"] == "macro_f1"
+    assert report["macs_ratio"] <= 0.41
+    assert "| pruned macro_f1 (evaluate()) |" in text

@@ -58,6 +58,7 @@ def test_a_users_loop_with_tridims_recipe_finds_the_same_model(tiny, base_model,
     test = tiny.loader("test", 256)
     assert abs(evaluate(users.model, test) - evaluate(own.model, test)) <= 0.003
     assert users.report["score"] == {"loop": "UserLoop", "score": "score", "higher_is_better": True}
+    assert "base score (evaluate())" in (tmp_path / "user" / "report.md").read_text()
     assert users.report["compute"]["search"]["images"] is None  # a user's loop: unknown
 
 
@@ -123,7 +124,7 @@ def test_a_loss_is_minimised_with_no_data_bundle(tiny, base_model, tmp_path):
     assert result.model(full).shape == (2, 10)  # still takes full-size inputs
     assert result.macs_ratio <= 0.51
     markdown = (tmp_path / "report.md").read_text()
-    assert "pruned score (evaluate(), lower is better)" in markdown
+    assert "pruned val_loss (evaluate(), lower is better)" in markdown
 
 
 @pytest.mark.parametrize(

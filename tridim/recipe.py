@@ -195,7 +195,9 @@ def user_recipe(
     higher_is_better: bool = True,
     score_name: str = "score",
 ) -> UserLoop | None:
-    """The user's loop, or None (tridim's own) when neither function is given."""
+    """The user's loop, or None (tridim's own) when neither function is given. The score
+    takes the name of the ``evaluate`` function (``macro_f1``), unless it is plain
+    ``evaluate``, ``score`` or a lambda (then "score")."""
     if finetune is None and evaluate is None:
         if higher_is_better is not True:
             raise ValueError("higher_is_better applies to a user's evaluate(): pass evaluate=")
@@ -206,6 +208,10 @@ def user_recipe(
             f"a user's loop needs both functions: {missing}= is missing (finetune(model, "
             "epochs, *, teacher=None, trial=None) trains in place; evaluate(model) -> float)"
         )
+    if score_name == "score":  # a metric named by its function: macro_f1, val_loss, ...
+        named = getattr(evaluate, "__name__", "")
+        if named.isidentifier() and named not in ("evaluate", "score"):
+            score_name = named
     return UserLoop(finetune, evaluate, score_name, higher_is_better)
 
 

@@ -115,11 +115,13 @@ def _notes(report: dict) -> list[str]:
     """What the figures mean, and what to doubt (reports of tridim 0.1.0 have none)."""
     notes = []
     prediction = report.get("prediction")
+    name = (report.get("score") or {}).get("score", "accuracy")
+    measured = "validation accuracy" if name == "accuracy" else name
     if prediction:
-        notes.append(f"- predicted accuracy: {prediction['meaning']}.")
+        notes.append(f"- predicted {name}: {prediction['meaning']}.")
         if prediction.get("offset_at_refine") is not None:
             notes.append(
-                "- at the verified (refine) triple the measured validation accuracy was "
+                f"- at the verified (refine) triple the measured {measured} was "
                 f"{prediction['offset_at_refine']:+.4f} off the prediction."
             )
         if prediction.get("clipped"):
