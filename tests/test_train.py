@@ -76,6 +76,27 @@ def test_distillation_pulls_the_student_towards_its_teacher(digits):
     assert near < 0.8 * far, (near, far)
 
 
+def test_precomputed_teacher_outputs_train_exactly_as_the_teacher_does(digits):
+    """Distilling from the teacher's outputs computed once gives the very weights that
+    running the teacher at every step gives (and works from a sample subset)."""
+    from conftest import randomise_batchnorm
+
+    from tridim.train import teacher_outputs
+
+    small = digits.subset(train=200, val=32)
+    teacher = randomise_batchnorm(models.build("resnet20", 10, 1), seed=1).eval()
+    torch.manual_seed(0)
+    start = models.build("resnet20", 10, 1, width=0.5)
+    stepwise, cached = copy.deepcopy(start), copy.deepcopy(start)
+    train(stepwise, small, 2, quiet=True, seed=3, teacher=teacher, evaluate_each_epoch=False)
+    outputs = teacher_outputs(teacher, small.train)
+    train(cached, small, 2, quiet=True, seed=3, teacher_outputs=outputs, evaluate_each_epoch=False)
+    for (name, a), b in zip(stepwise.state_dict().items(), cached.state_dict().values()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="teacher_outputs has 199 rows for 200"):
+        train(cached, small, 1, quiet=True, teacher_outputs=outputs[:-1])
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_weights(digits):
     small = digits.subset(train=256, val=32)
     model = models.build("resnet20", 10, 1)

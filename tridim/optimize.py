@@ -338,10 +338,9 @@ def optimize(
         check_predictor_covers(predictor, collection.target_flops_ratio)
     recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
     data = _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
-    own_data = len(data.train) if recipe is None else 0  # a user's loop picks its own data
-    collection = collection.for_model(model).for_data(own_data)
+    collection = collection.for_model(model).for_data(_own_train_size(data, recipe))
     size = check_input_size(data.input_shape)
-    manifest = {"optimize": settings.manifest()}
+    manifest = _manifest(settings, predictor, recipe)
     if budget is None:
         _check_reachable(model, size, collection.target_flops_ratio)
     else:
@@ -352,10 +351,6 @@ def optimize(
             ends=_ends_alone(model, size, prepared.cost, prepared.target_ratio),
         )
         manifest["latency_budget"] = budget.to_dict()
-    if predictor is not None:
-        manifest["reused_predictor"] = _predictor_fingerprint(predictor)
-    if recipe is not None:
-        manifest["recipe"] = recipe.describe()
     context = open_run(
         model,
         data,
@@ -371,6 +366,22 @@ def optimize(
         context.latency, context.latency_base_ms = budget, prepared.base_ms
     with ray_trials(context, cluster) as trials:
         return _Pipeline(context, collection, settings, trials, cost).run(predictor)
+
+
+def _manifest(settings: OptimizeSettings, predictor, recipe) -> dict:
+    """What the run folder records of optimize's own settings (resume checks them)."""
+    manifest = {"optimize": settings.manifest()}
+    if predictor is not None:
+        manifest["reused_predictor"] = _predictor_fingerprint(predictor)
+    if recipe is not None:
+        manifest["recipe"] = recipe.describe()
+    return manifest
+
+
+def _own_train_size(data: DataBundle, recipe) -> int:
+    """The training split tridim's loop finetunes on (0 with a user's loop, which picks
+    its own data: the proxy share then stays 1)."""
+    return len(data.train) if recipe is None else 0
 
 
 def _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster):

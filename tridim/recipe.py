@@ -36,7 +36,7 @@ from torch.utils.data import TensorDataset
 
 from .data import DataBundle
 from .device import Execution, eval_mode, model_device
-from .train import evaluate, train
+from .train import evaluate, teacher_outputs, train
 
 __all__ = [
     "Recipe",
@@ -110,15 +110,23 @@ class OwnLoop(Recipe):
     batch_size: int = 128
     checkpoints_epochs = True
 
+    def __post_init__(self) -> None:
+        self._teacher_outputs: dict = {}
+
+    def __getstate__(self) -> dict:  # worker processes compute their own
+        return {**self.__dict__, "_teacher_outputs": {}}
+
     def finetune(self, model, trial, *, teacher, checkpoint_path, quiet, execution) -> None:
+        data = self.training_data(trial)
         train(
             model,
-            self.training_data(trial),
+            data,
             trial.epochs,
             lr=self.lr,
             batch_size=self.batch_size,
             seed=trial.train_seed,
             teacher=teacher,
+            teacher_outputs=self._outputs_of(teacher, data.train, execution),
             evaluate_each_epoch=False,
             checkpoint_path=checkpoint_path,
             quiet=quiet,
@@ -126,6 +134,18 @@ class OwnLoop(Recipe):
             precision=execution.precision,
             channels_last=execution.channels_last,
         )
+
+    def _outputs_of(self, teacher, dataset, execution: Execution):
+        """The teacher's outputs on an in-memory training set, computed once per run and
+        precision (every distilled trial then saves the teacher's forward pass per step);
+        None when it cannot be cached (no teacher, or a dataset that may augment)."""
+        if teacher is None or not isinstance(dataset, TensorDataset):
+            return None
+        key = (id(teacher), id(dataset), execution.precision)
+        if key not in self._teacher_outputs:  # teacher and dataset kept alive with it
+            outputs = teacher_outputs(teacher, dataset, precision=execution.precision)
+            self._teacher_outputs[key] = (teacher, dataset, outputs)
+        return self._teacher_outputs[key][2]
 
     def training_data(self, trial) -> DataBundle:
         """What ``trial`` finetunes on: the sample subset, except for the final model."""
