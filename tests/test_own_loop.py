@@ -178,3 +178,23 @@ def test_a_score_that_is_not_a_number_names_the_problem(tiny, base_model, tmp_pa
             finetune=finetune,
             evaluate=lambda m: float("nan"),
         )
+
+
+def test_collect_takes_a_users_loop_too(tiny, base_model, tmp_path):
+    finetune, score = _same_recipe(tiny)
+    samples = tridim.collect(
+        base_model,
+        target_flops_ratio=0.5,
+        workdir=tmp_path,
+        finetune=finetune,
+        evaluate=score,
+        example_input=tiny.train[0][0],
+        probe_data=tiny.loader("train", 64),
+        rounds=1,
+        epochs_per_step=1,
+        quiet=True,
+    )
+    assert samples[0].accuracy == score(base_model)  # the base sample, scored by the user
+    assert len(samples) == 4
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["recipe"]["loop"] == "UserLoop"

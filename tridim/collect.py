@@ -27,6 +27,7 @@ import hashlib
 import math
 import numbers
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass
 
@@ -43,7 +44,7 @@ from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
 from .models import spec_of
 from .progress import Stage
-from .recipe import Recipe
+from .recipe import Recipe, check_picklable, probe_bundle, user_recipe
 from .samples import Sample
 from .space import Triple, check_ratio
 from .store import RunStore
@@ -284,10 +285,15 @@ def fingerprint(model: nn.Module) -> str:
 
 def collect(
     model: nn.Module,
-    data: DataBundle,
-    target_flops_ratio: float,
+    data: DataBundle | None = None,
+    target_flops_ratio: float | None = None,
     *,
     workdir: str | os.PathLike,
+    finetune: Callable | None = None,
+    evaluate: Callable | None = None,
+    higher_is_better: bool = True,
+    example_input: torch.Tensor | None = None,
+    probe_data: Iterable | None = None,
     rounds: int = 2,
     epochs_per_step: int = 2,
     criterion: str = "auto",
@@ -312,13 +318,16 @@ def collect(
     ----------
     model : torch.nn.Module
         The trained base model (left unchanged).
-    data : DataBundle
-        Finetuning uses ``data.train``; accuracies are measured on ``data.val``.
+    data : DataBundle, optional
+        tridim's own loop finetunes on ``data.train`` and measures accuracies on
+        ``data.val``; optional with a user's loop (see :func:`tridim.optimize`).
     target_flops_ratio : float
         The FLOPs budget T in (0, 1]; each dimension alone is pruned down to meet it.
     workdir : path
         The run folder (journal, manifest, step checkpoints). Re-running with the same
         folder resumes.
+    finetune, evaluate, higher_is_better, example_input, probe_data
+        A user's training loop and metric, as in :func:`tridim.optimize`.
     rounds : int
         Axis points per dimension.
     epochs_per_step : int
@@ -374,7 +383,6 @@ def collect(
     list of Sample
         Every sample of the journal, base first, in journal order.
     """
-    check_cluster(cluster)
     execution = Execution.of(device, precision, channels_last)
     settings = CollectionSettings(
         target_flops_ratio,
@@ -389,11 +397,64 @@ def collect(
         distill=distill,
         channel_multiple=channel_multiple,
         sample_fraction=sample_fraction,
-    ).for_model(model)
-    settings = settings.for_data(len(data.train))
-    context = open_run(model, data, settings, RunStore(workdir), quiet=quiet, execution=execution)
+    )
+    recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
+    data = run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
+    settings = settings.for_model(model).for_data(own_train_size(data, recipe))
+    extra = None if recipe is None else {"recipe": recipe.describe()}
+    context = open_run(
+        model,
+        data,
+        settings,
+        RunStore(workdir),
+        extra_manifest=extra,
+        quiet=quiet,
+        execution=execution,
+        recipe=recipe,
+    )
     with ray_trials(context, cluster) as trials:
         return run_collection(context, settings, executor=executor, cluster=trials)
+
+
+def own_train_size(data: DataBundle, recipe) -> int:
+    """The training split tridim's loop finetunes on (0 with a user's loop, which picks
+    its own data: the proxy share then stays 1)."""
+    return len(data.train) if recipe is None else 0
+
+
+def run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster):
+    """The run's data, checked before any work: ``data``, or with a user's loop and no
+    data the probe bundle of ``example_input`` and ``probe_data``; also checks that the
+    model fits it and that the cluster is known (and usable)."""
+    check_cluster(cluster)
+    if recipe is None:
+        if data is None:
+            raise ValueError(
+                "data is missing: pass a DataBundle (tridim.data.load) for tridim's own "
+                "training loop, or your own loop with finetune= and evaluate="
+            )
+    else:
+        if sample_fraction not in ("auto", 1, 1.0):
+            raise ValueError(
+                f"sample_fraction={sample_fraction!r} needs tridim's own loop: a user's "
+                "finetune() chooses its own data (leave sample_fraction at auto)"
+            )
+        if cluster is not None:
+            check_picklable(recipe, cluster)
+        if data is None:
+            if example_input is None:
+                raise ValueError(
+                    "example_input is missing: with your own loop and no data, pass one "
+                    "input (C, H, W) so tridim knows the input size"
+                )
+            data = probe_bundle(model, example_input, probe_data)
+            if probe_data is None and depth_can_change(model, data.input_shape):
+                raise ValueError(
+                    "probe_data is missing: this model has removable blocks, and their "
+                    "linear probes need inputs (about 512): pass an iterable of batches"
+                )
+    check_model_fits_data(model, data)
+    return data
 
 
 def open_run(

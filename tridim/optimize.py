@@ -36,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from .budget import LatencyBudget, PreparedBudget, prepare_budget
-from .cluster import RayTrials, check_cluster, ray_trials
+from .cluster import RayTrials, ray_trials
 from .collect import (
     CollectionSettings,
     _check_count,
@@ -44,7 +44,9 @@ from .collect import (
     floors,
     minimum_side,
     open_run,
+    own_train_size,
     run_collection,
+    run_data,
 )
 from .compute import compute_record, stage_cost
 from .costs import CostModel, macs_cost
@@ -57,7 +59,7 @@ from .models import spec_of
 from .plan import Plan
 from .predictor import LowRankPolynomialRegressor, choose_and_fit
 from .progress import Stage
-from .recipe import OwnLoop, check_picklable, probe_bundle, user_recipe
+from .recipe import OwnLoop, user_recipe
 from .report import render_report_markdown
 from .runtimes import check_runtime
 from .samples import Sample
@@ -65,7 +67,7 @@ from .solver import CostFunction, Solution, solve
 from .space import Triple, flops_cost
 from .store import COST, LATENCY, MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
 from .timing import SPREAD_LIMIT, ratio_of, time_models
-from .train import check_model_fits_data, seed_everything
+from .train import seed_everything
 from .trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 
 __all__ = [
@@ -337,8 +339,8 @@ def optimize(
     if predictor is not None and budget is None:
         check_predictor_covers(predictor, collection.target_flops_ratio)
     recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
-    data = _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
-    collection = collection.for_model(model).for_data(_own_train_size(data, recipe))
+    data = run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
+    collection = collection.for_model(model).for_data(own_train_size(data, recipe))
     size = check_input_size(data.input_shape)
     manifest = _manifest(settings, predictor, recipe)
     if budget is None:
@@ -376,47 +378,6 @@ def _manifest(settings: OptimizeSettings, predictor, recipe) -> dict:
     if recipe is not None:
         manifest["recipe"] = recipe.describe()
     return manifest
-
-
-def _own_train_size(data: DataBundle, recipe) -> int:
-    """The training split tridim's loop finetunes on (0 with a user's loop, which picks
-    its own data: the proxy share then stays 1)."""
-    return len(data.train) if recipe is None else 0
-
-
-def _run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster):
-    """The run's data, checked before any work: ``data``, or with a user's loop and no
-    data the probe bundle of ``example_input`` and ``probe_data``; also checks that the
-    model fits it and that the cluster is known (and usable)."""
-    check_cluster(cluster)
-    if recipe is None:
-        if data is None:
-            raise ValueError(
-                "data is missing: pass a DataBundle (tridim.data.load) for tridim's own "
-                "training loop, or your own loop with finetune= and evaluate="
-            )
-    else:
-        if sample_fraction not in ("auto", 1, 1.0):
-            raise ValueError(
-                f"sample_fraction={sample_fraction!r} needs tridim's own loop: a user's "
-                "finetune() chooses its own data (leave sample_fraction at auto)"
-            )
-        if cluster is not None:
-            check_picklable(recipe, cluster)
-        if data is None:
-            if example_input is None:
-                raise ValueError(
-                    "example_input is missing: with your own loop and no data, pass one "
-                    "input (C, H, W) so tridim knows the input size"
-                )
-            data = probe_bundle(model, example_input, probe_data)
-            if probe_data is None and depth_can_change(model, data.input_shape):
-                raise ValueError(
-                    "probe_data is missing: this model has removable blocks, and their "
-                    "linear probes need inputs (about 512): pass an iterable of batches"
-                )
-    check_model_fits_data(model, data)
-    return data
 
 
 #: Refinement stops once width moves less than this (and depth, resolution less than a

@@ -14,6 +14,7 @@ folder too). Methods:
   variants change one thing (``TRIDIM_VARIANTS``): ``tridim-axis`` no mixed samples,
   ``tridim-proxy`` no mixed samples and samples on the default proxy share of the
   training set (``sample_fraction="auto"``; every other variant samples on all of it),
+  ``tridim-default`` the same with optimize's default 2 epochs per sample,
   ``tridim-chain`` chained samples, ``tridim-bn-scale``/``tridim-group-norm`` a criterion;
 - ``tridim-latency``: :func:`tridim.optimize` with a latency budget equal to the speed-up
   the ``tridim`` cell measured (at the latency batch, PyTorch eager on this CPU);
@@ -68,6 +69,7 @@ TRIDIM_VARIANTS = {
     "tridim": {},
     "tridim-axis": {"design": 0},
     "tridim-proxy": {"design": 0, "sample_fraction": "auto"},
+    "tridim-default": {"design": 0, "sample_fraction": "auto", "epochs_per_step": 2},
     "tridim-chain": {"collection": "chain", "design": 0},
     "tridim-bn-scale": {"criterion": "bn_scale"},
     "tridim-group-norm": {"criterion": "group_norm"},
@@ -418,6 +420,7 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
         "criterion": o["criterion"],
         "design": o["design"],
         "sample_fraction": 1.0,
+        "epochs_per_step": o["epochs_per_step"],
         **options,
     }
     workdir = o["out"] / "runs" / f"{name}-t{target:g}-s{seed}"
@@ -428,7 +431,6 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
         None if latency else target,
         workdir=workdir,
         rounds=o["rounds"],
-        epochs_per_step=o["epochs_per_step"],
         final_epochs=o["final_epochs"],
         refine=o["refine"],
         lr=FINAL_LR,
@@ -445,7 +447,7 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
     return result.model, {
         "triple": report["triple"],
         "solved_triple": report["solved_triple"],
-        "before_final_epochs": (report["n_samples"] - 1) * o["epochs_per_step"],
+        "before_final_epochs": (report["n_samples"] - 1) * options["epochs_per_step"],
         "before_final_seconds": seconds.get("collect", 0.0) + seconds.get("refine", 0.0),
         "before_final_base_trainings": report["compute"]["search"]["base_trainings"],
         "final_epochs": o["final_epochs"],
