@@ -198,3 +198,65 @@ def test_collect_takes_a_users_loop_too(tiny, base_model, tmp_path):
     assert len(samples) == 4
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["recipe"]["loop"] == "UserLoop"
+
+
+class _StatefulLoop:
+    """A user's loop object with its optimiser's state: tridim resumes it at the epoch."""
+
+    def __init__(self, data, crash_at=None):
+        self.data, self.crash_at = data, crash_at
+        self.key, self.optimiser, self.pending = None, None, None
+        self.epochs_run, self.loaded = [], []
+
+    def __call__(self, model, epochs, *, teacher=None, trial=None):
+        if trial.key != self.key:  # a new trial: a new optimiser (or the resumed one's)
+            self.key = trial.key
+            self.optimiser = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+            if self.pending is not None and self.pending["key"] == trial.key:
+                self.optimiser.load_state_dict(self.pending["optimiser"])
+            self.pending = None
+        for _ in range(epochs):
+            if (trial.key, len(self.epochs_run)) == self.crash_at:
+                raise RuntimeError("killed mid-trial")
+            for images, labels in self.data.loader("train", 64):
+                self.optimiser.zero_grad()
+                F.cross_entropy(model(images), labels).backward()
+                self.optimiser.step()
+            self.epochs_run.append(trial.key)
+
+    def state_dict(self):
+        return {"key": self.key, "optimiser": self.optimiser.state_dict()}
+
+    def load_state_dict(self, state):
+        self.loaded.append(state["key"])
+        self.key, self.pending = None, state
+
+
+def test_a_users_loop_with_state_resumes_at_the_epoch(tiny, base_model, tmp_path):
+    first_keys = [t.key for chain in _chains() for t in chain]
+    crashed = first_keys[0]
+    loop = _StatefulLoop(tiny, crash_at=(crashed, 2))  # in the third epoch of the first trial
+    options = dict(
+        target_flops_ratio=0.5,
+        workdir=tmp_path,
+        evaluate=lambda model: evaluate(model, tiny.loader("val", 256)),
+        example_input=tiny.train[0][0],
+        probe_data=tiny.loader("train", 64),
+        rounds=1,
+        epochs_per_step=3,
+        quiet=True,
+    )
+    with pytest.raises(RuntimeError, match="killed mid-trial"):
+        tridim.collect(base_model, finetune=loop, **options)
+    assert loop.epochs_run == [crashed, crashed]
+    again = _StatefulLoop(tiny)
+    tridim.collect(base_model, finetune=again, **options)
+    assert again.loaded == [crashed]  # its state came back from the checkpoint
+    assert again.epochs_run.count(crashed) == 1  # only the epoch the kill interrupted
+    assert all(again.epochs_run.count(k) == 3 for k in first_keys[1:])
+
+
+def _chains():
+    from tridim.collect import CollectionSettings, collection_trials
+
+    return collection_trials(CollectionSettings(0.5, rounds=1, epochs_per_step=3))

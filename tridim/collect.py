@@ -38,7 +38,7 @@ from .cluster import RayTrials, check_cluster, ray_trials
 from .data import DataBundle
 from .design import DEFAULT_DESIGN, axis_values, mixed_triples
 from .device import Execution, eval_mode, model_device
-from .dims.depth import block_gains, find_blocks
+from .dims.depth import BlockGain, block_gains, find_blocks
 from .dims.width import check_channel_multiple
 from .distributed import barrier, setup
 from .measure import check_input_size, count_macs
@@ -47,7 +47,7 @@ from .progress import Stage
 from .recipe import Recipe, check_picklable, probe_bundle, user_recipe
 from .samples import Sample
 from .space import Triple, check_ratio
-from .store import RunStore
+from .store import GAINS, RunStore
 from .train import check_model_fits_data, seed_everything
 from .trial import Trial, TrialContext, evaluate_split, run_trial
 
@@ -497,7 +497,7 @@ def open_run(
         base_macs=count_macs(base, input_size),
         base_blocks=blocks,
         # once, here: trials on threads share them and Ray tasks get them with the context
-        gains=block_gains(base, data, seed=settings.seed) if removable else None,
+        gains=_run_gains(store, base, data, settings.seed) if removable else None,
         min_side=minimum_side(base, input_size),
         target_flops_ratio=settings.target_flops_ratio,
         criterion=settings.criterion,
@@ -510,6 +510,21 @@ def open_run(
         execution=execution,
         recipe=recipe,
     )
+
+
+def _run_gains(store: RunStore, base: nn.Module, data: DataBundle, seed: int) -> list:
+    """The base model's block gains, measured once per run folder and then read back,
+    so a resumed run cuts the blocks it cut before (even if a user's probe loader
+    shuffles)."""
+    recorded = store.read_json(GAINS)
+    if recorded is None:
+        gains = block_gains(base, data, seed=seed)
+        store.write_json(GAINS, [gain.to_dict() for gain in gains])
+        return gains
+    try:
+        return [BlockGain(**gain) for gain in recorded]
+    except TypeError as error:
+        raise ValueError(f"{store.file(GAINS)} is not a list of block gains: {error}") from None
 
 
 def run_collection(

@@ -18,6 +18,13 @@ predictor learns from are made the way the final model is, whoever wrote the loo
   functions get takes the base model's full-size inputs (a cut resolution resizes
   inside the model), so the user's data pipeline does not change.
 
+  A run resumes at the trial it was in. A ``finetune`` *object* that also has
+  ``state_dict()`` and ``load_state_dict()`` resumes at the epoch: it is called one
+  epoch at a time (``epochs=1``; ``trial.epochs`` is the trial's total, and a new
+  ``trial.key`` starts a new trial), and after every epoch the model and its state go
+  into the trial's checkpoint (read with ``weights_only=True``: the state must hold
+  tensors, numbers, strings, lists and dicts, as an optimiser's state dict does).
+
 Inside a run, scores are *oriented* (:meth:`Recipe.oriented`): the journal, predictor and
 solver always maximise, and a lower-is-better score is stored negated; reports turn it
 back (:meth:`Recipe.plain`).
@@ -36,7 +43,7 @@ from torch.utils.data import TensorDataset
 
 from .data import DataBundle
 from .device import Execution, eval_mode, model_device
-from .train import evaluate, teacher_outputs, train
+from .train import evaluate, load_checkpoint, save_checkpoint, teacher_outputs, train
 
 __all__ = [
     "Recipe",
@@ -185,9 +192,31 @@ class UserLoop(Recipe):
                 f"higher_is_better must be True or False, got {self.higher_is_better!r}"
             )
 
+    @property
+    def checkpoints_epochs(self) -> bool:
+        """A ``finetune`` object with ``state_dict()`` and ``load_state_dict()`` (its
+        optimiser and schedule) resumes inside a trial, from its last epoch."""
+        function = self.finetune_function
+        return callable(getattr(function, "state_dict", None)) and callable(
+            getattr(function, "load_state_dict", None)
+        )
+
     def finetune(self, model, trial, *, teacher, checkpoint_path, quiet, execution) -> None:
-        model.train()
-        self.finetune_function(model, trial.epochs, teacher=teacher, trial=trial)
+        if not (self.checkpoints_epochs and checkpoint_path is not None):
+            model.train()
+            self.finetune_function(model, trial.epochs, teacher=teacher, trial=trial)
+            model.eval()
+            return
+        function = self.finetune_function
+        first = 0
+        if os.path.isfile(checkpoint_path):
+            state = load_checkpoint(checkpoint_path, model)
+            function.load_state_dict(state["loop"])
+            first = state["epoch"]
+        for epoch in range(first, trial.epochs):  # one epoch per call, then a checkpoint
+            model.train()
+            function(model, 1, teacher=teacher, trial=trial)
+            save_checkpoint(checkpoint_path, model, epoch=epoch + 1, loop=function.state_dict())
         model.eval()
 
     def evaluate(self, model, split, execution) -> float:

@@ -54,6 +54,8 @@ STEPS = "steps"
 LATENCY = "latency.json"
 #: The cost model the run solved with (:meth:`tridim.costs.CostModel.describe`).
 COST = "cost.json"
+#: The base model's block gains (linear probes), measured once per run folder.
+GAINS = "gains.json"
 #: The base model the command line trains for a run, and the default figures folder.
 BASE = "base"
 PLOTS = "plots"
@@ -70,6 +72,7 @@ RUN_FILES = (
     REPORT,
     REPORT_MARKDOWN,
     LATENCY,
+    GAINS,
 )
 RUN_FOLDERS = (MODEL, STEPS, BASE, PLOTS)
 
