@@ -298,3 +298,17 @@ def test_plot_only_draws():
     ):
         assert name not in plot.__all__, name
         assert getattr(getattr(plot, name, None), "__module__", None) != "tridim.plot", name
+
+
+@pytest.mark.parametrize("higher_is_better, name", [(True, "macro_f1"), (False, "-val_loss")])
+def test_figures_of_a_users_score_name_it(run, loo, higher_is_better, name):
+    from tridim.plot import _name_the_score
+
+    score = {"loop": "UserLoop", "score": name.lstrip("-"), "higher_is_better": higher_is_better}
+    fig = plot.plot_loo(run.predictor, loo_residuals=loo)
+    _name_the_score(fig, score)
+    labels = [t.get_text() for ax in fig.axes for t in (ax.xaxis.label, ax.yaxis.label)]
+    assert f"measured {name}" in labels and not any("accuracy" in t for t in labels)
+    own = plot.plot_loo(run.predictor, loo_residuals=loo)
+    _name_the_score(own, {"loop": "OwnLoop", "score": "accuracy", "higher_is_better": True})
+    assert "measured accuracy" in [ax.yaxis.label.get_text() for ax in own.axes]

@@ -2,12 +2,15 @@
 
 A trial that finetunes a model of MACs ratio ``m`` for ``e`` epochs costs about
 ``e * m`` epochs of the base model's training (a training step is one forward and one
-backward pass, both proportional to MACs). Distilling from the base model adds its
-forward pass to every step: a third of a base training step (a backward pass costs about
-two forward passes), so a distilled trial costs ``e * (m + 1/3)`` base epochs, times the
-share of the training set it finetunes on (``sample_fraction``). Divided by
-the epochs the base model was trained for, that is the trial's cost in
-**base-training equivalents**: 1.0 is what training the base model once cost.
+backward pass, both proportional to MACs), times the share of the training set it
+finetunes on (``sample_fraction``). Distilling from the base model adds its forward
+pass, a third of a base training step (a backward pass costs about two forward passes):
+at every step, ``e * (m + 1/3)`` base epochs, when the teacher runs beside the student;
+once per training set and run, a third of a base epoch times that set's share, when
+tridim's loop computed the teacher's outputs once (in-memory data, trials in this
+process; the ``teacher`` stage). Divided by the epochs the base model was trained for,
+that is the cost in **base-training equivalents**: 1.0 is what training the base model
+once cost.
 
 This module does not import torch.
 """
@@ -18,14 +21,16 @@ from collections.abc import Iterable, Mapping
 
 from .samples import Sample
 
-__all__ = ["FORMULA", "TEACHER_SHARE", "stage_cost", "compute_record"]
+__all__ = ["FORMULA", "TEACHER_SHARE", "stage_cost", "teacher_cost", "compute_record"]
 
 #: A teacher's forward pass, as a share of one base training step (forward + backward).
 TEACHER_SHARE = 1.0 / 3.0
 FORMULA = (
-    "base epochs = epochs x (MACs ratio + 1/3 if distilled from the base model) x the "
-    "share of the training set a trial sees; base-training equivalents = base epochs / "
-    "the epochs the base model was trained for"
+    "base epochs = epochs x (MACs ratio + 1/3 if the base model's forward pass ran at "
+    "every distilled step) x the share of the training set a trial sees, plus 1/3 x the "
+    "share of each training set whose teacher outputs were computed once (stage "
+    "'teacher'); base-training equivalents = base epochs / the epochs the base model "
+    "was trained for"
 )
 
 
@@ -49,6 +54,19 @@ def stage_cost(
             for e, s in zip(epochs, samples)
             if e > 0
         ),
+    }
+
+
+def teacher_cost(passes: Iterable[int], train_images: int) -> dict:
+    """The ``teacher`` stage: one forward pass of the base model over each training set
+    of ``passes`` (their sizes), as shares of the base model's ``train_images``."""
+    passes = list(passes)
+    return {
+        "trials": 0,
+        "epochs": 0,
+        "images": sum(passes),
+        "seconds": 0.0,  # inside the trials' seconds
+        "base_epochs": TEACHER_SHARE * sum(passes) / train_images,
     }
 
 

@@ -48,7 +48,7 @@ from .collect import (
     run_collection,
     run_data,
 )
-from .compute import compute_record, stage_cost
+from .compute import compute_record, stage_cost, teacher_cost
 from .costs import CostModel, macs_cost
 from .data import DataBundle
 from .design import DEFAULT_DESIGN
@@ -797,16 +797,21 @@ class _Pipeline:
         }
         full = len(self.context.data.train)
         sampled = len((self.context.sample_data or self.context.data).train)
-        own = isinstance(self.context.recipe, OwnLoop)  # a user's loop: images unknown
+        recipe = self.context.recipe
+        own = isinstance(recipe, OwnLoop)  # a user's loop: images unknown
+        # teacher outputs computed once per training set here, not at every step
+        passes = recipe.teacher_passes() if own and self.cluster is None else []
         record = {}
         for name, members in stages.items():
             images = full if name == "final" else sampled
             record[name] = stage_cost(
                 members,
                 train_images=images if own else None,
-                distill=self.collection.distill,
+                distill=self.collection.distill and not passes,
                 data_share=images / full,
             )
+        if passes:
+            record["teacher"] = teacher_cost(passes, full)
         return compute_record(record, self.settings.base_training_epochs)
 
     def _samples_meaning(self) -> str:

@@ -691,10 +691,28 @@ def save_report_plots(
     written = []
     for name, make in _report_figures(run, tuple(budgets), model_rows):
         fig = make()
+        _name_the_score(fig, run.report.get("score"))
         FigureCanvasAgg(fig)
         fig.savefig(out / name, dpi=dpi)
         written.append(out / name)
     return written
+
+
+def _name_the_score(fig: Figure, score: Mapping[str, Any] | None) -> None:
+    """Relabel a figure of a run scored by a user's ``evaluate()``: its labels say the
+    score's name where they say accuracy (a lower-is-better score is drawn negated, as
+    the run maximised it)."""
+    if not score or score.get("loop") == "OwnLoop":
+        return
+    name = score["score"] if score.get("higher_is_better", True) else f"-{score['score']}"
+    suptitle = getattr(fig, "_suptitle", None)
+    texts = [suptitle] if suptitle is not None else []
+    for ax in fig.axes:
+        texts += [ax.title, ax.xaxis.label, ax.yaxis.label]
+        legend = ax.get_legend()
+        texts += list(legend.get_texts()) if legend is not None else []
+    for text in texts:
+        text.set_text(text.get_text().replace("accuracy", name))
 
 
 def _report_figures(

@@ -154,6 +154,11 @@ class OwnLoop(Recipe):
             self._teacher_outputs[key] = (teacher, dataset, outputs)
         return self._teacher_outputs[key][2]
 
+    def teacher_passes(self) -> list[int]:
+        """The size of each training set whose teacher outputs this process computed
+        (one teacher forward pass over it each)."""
+        return [len(dataset) for _, dataset, _ in self._teacher_outputs.values()]
+
     def training_data(self, trial) -> DataBundle:
         """What ``trial`` finetunes on: the sample subset, except for the final model."""
         if trial.kind == "final" or self.sample_data is None:
