@@ -173,10 +173,14 @@ class CollectionSettings:
         return dataclasses.replace(self, criterion=auto_criterion(model))
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    """Whether any layer of ``model`` is a BatchNorm."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def auto_criterion(model: nn.Module) -> str:
     """``bn_scale`` if the model has BatchNorm layers, else ``l1`` (needs no BatchNorm)."""
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return "bn_scale" if has_bn else "l1"
+    return "bn_scale" if has_batchnorm(model) else "l1"
 
 
 def _check_count(value, name: str, *, minimum: int | None) -> None:
@@ -618,9 +622,7 @@ def run_manifest(base: nn.Module, data: DataBundle, settings: CollectionSettings
 
 def check_criterion_fits(model: nn.Module, criterion: str) -> None:
     """Refuse a BatchNorm-based criterion for a model without BatchNorm, naming the fix."""
-    uses_bn = criterion in ("bn_scale", "bn_filter")
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    if uses_bn and not has_bn:
+    if criterion in ("bn_scale", "bn_filter") and not has_batchnorm(model):
         raise ValueError(
             f"criterion {criterion!r} ranks channels by BatchNorm scales, but this model has "
             "no BatchNorm: pick a criterion that needs none, e.g. criterion='l1' (filter "

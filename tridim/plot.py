@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tridim.predictor import rms
 from tridim.report import ON_AXIS_TOL, as_sample, dimension_of, pareto_rows
 from tridim.samples import Sample, samples_to_xy
 from tridim.space import Triple, as_triple
@@ -163,10 +164,6 @@ def _bootstrap_band(
     return np.quantile(draws, tail, axis=0), np.quantile(draws, 1 - tail, axis=0)
 
 
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values))))
-
-
 # ---------------------------------------------------------------------- fit diagnostics
 
 
@@ -211,7 +208,7 @@ def plot_loo(
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal", adjustable="box")
-    rmse = float(np.sqrt(np.mean(residuals**2)))
+    rmse = rms(residuals)
     ax.set_title(f"Leave-one-out predictions (LOO RMSE {rmse:.4f})")
     ax.set_xlabel("predicted accuracy (model refitted without the sample)")
     ax.set_ylabel("measured accuracy")
@@ -293,7 +290,7 @@ def _draw_residual_bars(
     ax.set_xticks(index)
     ax.set_xticklabels([_short_label(x) for x in X], rotation=60, ha="right", fontsize=8)
     ax.set_title(
-        f"Residual per sample (train RMSE {_rms(train_res):.4f}, LOO RMSE {_rms(loo_res):.4f})"
+        f"Residual per sample (train RMSE {rms(train_res):.4f}, LOO RMSE {rms(loo_res):.4f})"
     )
     ax.set_ylabel("measured - predicted")
     ax.grid(alpha=0.3, axis="y")

@@ -202,7 +202,7 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
         coef[:, 0, :] *= y_scale
         self.coef_ = coef
         self.n_iter_ = n_iter
-        self.train_rmse_ = _rms(self.predict(X) - y)
+        self.train_rmse_ = rms(self.predict(X) - y)
         return self
 
     def _check_params(self) -> None:
@@ -341,7 +341,7 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
 
     def loo_rmse(self) -> float:
         """Root mean squared leave-one-out error on the training data."""
-        return _rms(self.loo_residuals())
+        return rms(self.loo_residuals())
 
     def summary(self) -> dict[str, Any]:
         """Fit diagnostics as a JSON-ready dict.
@@ -640,7 +640,7 @@ def select_on_samples(
                     degree=degree, rank=rank, random_state=random_state
                 )
                 residuals = leave_one_out_residuals(estimator, X, y)
-                row["loo_rmse"] = _rms(residuals)
+                row["loo_rmse"] = rms(residuals)
             rows.append(row)
     scored = [r for r in rows if r["loo_rmse"] is not None]
     if not scored:
@@ -809,13 +809,14 @@ def _gauge_free_mask(coef: np.ndarray) -> np.ndarray:
     return mask.ravel()
 
 
-def _rms(values: np.ndarray) -> float:
+def rms(values: np.ndarray) -> float:
+    """Root mean square of ``values``."""
     return float(np.sqrt(np.mean(np.square(values))))
 
 
 def _scale_of(y: np.ndarray) -> float:
     """Root mean square of ``y``, or 1 for an all-zero ``y``."""
-    scale = _rms(y)
+    scale = rms(y)
     return scale if scale > 0 else 1.0
 
 

@@ -32,7 +32,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from tridim.predictor import LowRankPolynomialRegressor, leave_one_out_residuals
+from tridim.predictor import LowRankPolynomialRegressor, leave_one_out_residuals, rms
 from tridim.report import as_sample
 from tridim.samples import Sample, read_samples, samples_to_xy
 from tridim.solver import solve
@@ -129,7 +129,7 @@ def compare_models(
             except ValueError as error:
                 row.update(loo_rmse=None, train_rmse=None, error=str(error))
             else:
-                row.update(loo_rmse=_rms(loo), train_rmse=_rms(y - fitted), error=None)
+                row.update(loo_rmse=rms(loo), train_rmse=rms(y - fitted), error=None)
             rows.append(row)
     return rows
 
@@ -196,7 +196,7 @@ def _run(
             row.update(data=f"synthetic:{name}", model=label)
             if row["error"] is None:
                 fitted, chosen = row.pop("_fitted"), row.pop("_chosen")
-                row["offaxis_rmse"] = _rms(fitted.predict(test_points) - surface(test_points))
+                row["offaxis_rmse"] = rms(fitted.predict(test_points) - surface(test_points))
                 row["regret"] = float(best_true - surface(np.array([chosen]))[0])
             rows.append(_ordered(row))
     if samples_path is not None:
@@ -222,7 +222,7 @@ class _Truth:
 def _evaluate(model: Any, X: np.ndarray, y: np.ndarray, target: float, box: Bounds) -> dict:
     row: dict[str, Any] = {"n_samples": len(y), "error": None}
     try:
-        row["loo_rmse"] = _rms(leave_one_out_residuals(model, X, y))
+        row["loo_rmse"] = rms(leave_one_out_residuals(model, X, y))
         start = time.perf_counter()
         fitted = clone(model).fit(X, y)
         row["fit_seconds"] = time.perf_counter() - start
@@ -238,10 +238,6 @@ def _evaluate(model: Any, X: np.ndarray, y: np.ndarray, target: float, box: Boun
     except ValueError as error:
         row["error"] = f"solve: {error}"
     return row
-
-
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values))))
 
 
 _COLUMNS = (

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tridim.collect import auto_criterion
+
 STEPS = ("width", "depth", "resolution", "realise", "reload")
 TOLERANCE = 0.01
 
@@ -72,17 +74,11 @@ def _runs(model: nn.Module, size: tuple[int, int, int], classes: int) -> None:
         raise RuntimeError(f"output shape {tuple(out.shape)}, expected (2, {classes})")
 
 
-def criterion_for(model: nn.Module) -> str:
-    """BN scales where the model has BatchNorm, else filter L1 norms (data-free)."""
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return "bn_scale" if has_bn else "l1"
-
-
 def _width(model, size, classes) -> str:
     from tridim import count_macs, prune_width_to_macs
 
     pruned = prune_width_to_macs(
-        model, 0.5, input_size=size, tolerance=TOLERANCE, criterion=criterion_for(model)
+        model, 0.5, input_size=size, tolerance=TOLERANCE, criterion=auto_criterion(model)
     )
     ratio = count_macs(pruned, size) / count_macs(model, size)
     _runs(pruned, size, classes)
@@ -131,7 +127,7 @@ def _realise(model, size, classes, keep: dict) -> str:
         input_size=size,
         gains=_made_up_gains(model, size) if d < 1 else None,
         target_flops_ratio=0.4,
-        criterion=criterion_for(model),
+        criterion=auto_criterion(model),
     )
     _runs(pruned, size, classes)
     keep["realised"] = (pruned, plan)
@@ -198,7 +194,7 @@ def sweep_model(name: str, *, size: int = 64, channels: int = 3, classes: int = 
         row["seconds"] = round(time.perf_counter() - started, 1)
         return row
     row["input"] = "x".join(map(str, shape))
-    row["criterion"] = criterion_for(model)
+    row["criterion"] = auto_criterion(model)
     keep: dict = {}
     row["width"] = _outcome(lambda: _width(model, shape, classes))
     row["depth"] = _outcome(lambda: _depth(model, shape, classes))
