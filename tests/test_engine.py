@@ -440,7 +440,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_repeats_no_sample(
         raise AssertionError("a finished run must not train again")
 
     monkeypatch.setattr(train_module, "train", no_training)
-    monkeypatch.setattr("tridim.trial.train", no_training)
+    monkeypatch.setattr("tridim.recipe.train", no_training)
     again = _small_optimize(base_model, tiny, workdir).report
     assert_same_report(again, expected)
     assert (workdir / JOURNAL_NAME).read_text() == journal_before

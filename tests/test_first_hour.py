@@ -49,7 +49,7 @@ def _no_training(monkeypatch):
         raise AssertionError("trained before checking the arguments")
 
     monkeypatch.setattr("tridim.train.train", refuse)
-    monkeypatch.setattr("tridim.trial.train", refuse)
+    monkeypatch.setattr("tridim.recipe.train", refuse)
     monkeypatch.setattr("tridim.train._run_epochs", refuse)
 
 
