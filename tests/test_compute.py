@@ -45,7 +45,7 @@ def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, 
     from conftest import bare_context
 
     from tridim.collect import CollectionSettings, _sample_data
-    from tridim.trial import Trial, finetune_data
+    from tridim.trial import Trial
 
     settings = CollectionSettings(0.5, sample_fraction=0.25, seed=3)
     subset = _sample_data(tiny, settings)
@@ -60,9 +60,10 @@ def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, 
     def trial(kind):
         return Trial(key=kind, kind=kind, epochs=1, seed=0, train_seed=0)
 
-    assert finetune_data(trial("width"), context) is subset
-    assert finetune_data(trial("refine"), context) is subset
-    assert finetune_data(trial("final"), context) is tiny
+    finetune_data = context.recipe.training_data
+    assert finetune_data(trial("width")) is subset
+    assert finetune_data(trial("refine")) is subset
+    assert finetune_data(trial("final")) is tiny
     with pytest.raises(ValueError, match="sample_fraction must be in"):
         CollectionSettings(0.5, sample_fraction=1.5)
 

@@ -26,13 +26,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _execute(name: str) -> nbformat.NotebookNode:
+def _execute(name: str, folder: Path = NOTEBOOKS) -> nbformat.NotebookNode:
+    """Execute a notebook with ``folder`` as its current directory."""
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
     client = nbclient.NotebookClient(
         notebook,
         timeout=CELL_TIMEOUT,
         kernel_name="python3",
-        resources={"metadata": {"path": str(NOTEBOOKS)}},
+        resources={"metadata": {"path": str(folder)}},
     )
     try:
         client.execute()
@@ -77,20 +78,9 @@ def test_new_budgets_notebook_runs():
 
 
 def _run_in(name: str, folder: Path) -> tuple[nbformat.NotebookNode, str]:
-    """Execute a self-contained notebook with ``folder`` as its current directory."""
-    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    client = nbclient.NotebookClient(
-        notebook,
-        timeout=CELL_TIMEOUT,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(folder)}},
-    )
-    try:
-        client.execute()
-    except nbclient.exceptions.CellExecutionError as error:
-        pytest.fail(f"{name}: a cell raised\n{error}", pytrace=False)
-    text = "".join(out.get("text", "") for out in _outputs(notebook))
-    return notebook, text
+    """Execute a self-contained notebook in ``folder``; also return its printed text."""
+    notebook = _execute(name, folder)
+    return notebook, "".join(out.get("text", "") for out in _outputs(notebook))
 
 
 def test_own_training_loop_notebook_runs_where_it_is_started(tmp_path):

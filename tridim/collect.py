@@ -404,7 +404,7 @@ def collect(
     )
     recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
     data = run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
-    settings = settings.for_model(model).for_data(own_train_size(data, recipe))
+    settings = for_run_data(settings.for_model(model), data, recipe)
     extra = None if recipe is None else {"recipe": recipe.describe()}
     context = open_run(
         model,
@@ -420,10 +420,12 @@ def collect(
         return run_collection(context, settings, executor=executor, cluster=trials)
 
 
-def own_train_size(data: DataBundle, recipe) -> int:
-    """The training split tridim's loop finetunes on (0 with a user's loop, which picks
-    its own data: the proxy share then stays 1)."""
-    return len(data.train) if recipe is None else 0
+def for_run_data(settings: CollectionSettings, data: DataBundle, recipe) -> CollectionSettings:
+    """``settings`` with ``sample_fraction="auto"`` resolved for the run's training split;
+    with a user's loop (``recipe``), which picks its own data, the proxy share is 1."""
+    if recipe is not None:
+        return dataclasses.replace(settings, sample_fraction=1.0)
+    return settings.for_data(len(data.train))
 
 
 def run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster):

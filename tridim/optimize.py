@@ -42,9 +42,9 @@ from .collect import (
     _check_count,
     depth_can_change,
     floors,
+    for_run_data,
     minimum_side,
     open_run,
-    own_train_size,
     run_collection,
     run_data,
 )
@@ -340,7 +340,7 @@ def optimize(
         check_predictor_covers(predictor, collection.target_flops_ratio)
     recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
     data = run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
-    collection = collection.for_model(model).for_data(own_train_size(data, recipe))
+    collection = for_run_data(collection.for_model(model), data, recipe)
     size = check_input_size(data.input_shape)
     manifest = _manifest(settings, predictor, recipe)
     if budget is None:

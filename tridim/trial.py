@@ -280,12 +280,6 @@ def _restore(plan: Plan, state_dict: dict, context: TrialContext) -> ResolutionW
     return model.eval()
 
 
-def finetune_data(trial: Trial, context: TrialContext) -> DataBundle:
-    """What ``trial`` finetunes on with tridim's loop: the run's sample subset, except for
-    the final model."""
-    return OwnLoop(context.data, context.sample_data).training_data(trial)
-
-
 def _finetune(trial: Trial, model: nn.Module, context: TrialContext, checkpoint_path) -> None:
     recipe = context.recipe
     recipe.finetune(
