@@ -183,7 +183,7 @@ def test_optimize_to_a_latency_budget_reports_predicted_and_measured(tiny, base_
     result = tridim.optimize(
         base_model,
         tiny,
-        target_speedup=1.25,  # far above the floor: this machine's timings are noisy
+        target_speedup=2,  # a wide margin: a 1.25x target measured 0.99x once on a busy CI machine
         latency_batch=32,
         workdir=tmp_path,
         rounds=2,
@@ -195,7 +195,7 @@ def test_optimize_to_a_latency_budget_reports_predicted_and_measured(tiny, base_
     )
     budget = result.report["budget"]
     assert budget["kind"] == "latency" and budget["runtime"] == "eager"
-    assert budget["target_ratio"] == pytest.approx(1 / 1.25)
+    assert budget["target_ratio"] == pytest.approx(1 / 2)
     assert budget["predicted_speedup"] > 1 and budget["measured_speedup"] > 1  # really faster
     assert result.report["target_flops_ratio"] is None
     assert (tmp_path / "latency.json").is_file()
