@@ -66,7 +66,7 @@ from .samples import Sample
 from .solver import CostFunction, Solution, solve
 from .space import Triple, flops_cost
 from .store import COST, LATENCY, MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
-from .timing import SPREAD_LIMIT, ratio_of, time_models
+from .timing import SPREAD_LIMIT, ratio_of, start_worker, time_models
 from .train import seed_everything
 from .trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 
@@ -537,6 +537,8 @@ class _Pipeline:
 
     def run(self, predictor: LowRankPolynomialRegressor | None) -> CompressionResult:
         context = self.context
+        if model_device(context.base).type == "cpu":
+            start_worker()  # the report's timings need it; it starts while the search runs
         seed_everything(self.collection.seed)
         base_accuracy = evaluate_split(context.base, "test", context)
         if predictor is None:
