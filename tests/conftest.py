@@ -11,7 +11,7 @@ torch.set_num_threads(2)
 @pytest.fixture(scope="session")
 def digits():
     """The embedded digits dataset at 16x16 (1797 images)."""
-    from tridim import data
+    from tridim.training import data
 
     return data.load("digits")
 
@@ -28,8 +28,8 @@ def base_model(tiny):
 
     Tests must not modify it (tridim's entry points copy the model they are given).
     """
-    from tridim import models
-    from tridim.train import train
+    from tridim.training import models
+    from tridim.training.train import train
 
     torch.manual_seed(0)
     model = models.build("resnet20", 10, 1)
@@ -57,7 +57,7 @@ def randomise_batchnorm(model: torch.nn.Module, seed: int = 0) -> torch.nn.Modul
 
 def bare_context(model, data, **fields):
     """A TrialContext with no store, for tests that need one without opening a run."""
-    from tridim.trial import TrialContext
+    from tridim.run.trial import TrialContext
 
     return TrialContext(
         base=model,

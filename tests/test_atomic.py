@@ -50,7 +50,7 @@ def test_a_collection_stopped_by_a_full_disk_resumes_to_the_same_samples(
     """The disk fills while a collection writes its first trial's weights: the run
     stops with the OSError, and once there is space again a re-run finishes with the
     samples of a run that never saw the error, each once."""
-    from tridim.collect import collect
+    from tridim.run.collect import collect
 
     settings = dict(rounds=1, epochs_per_step=1, quiet=True)
     reference = collect(base_model, tiny, 0.5, workdir=tmp_path / "reference", **settings)

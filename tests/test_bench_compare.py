@@ -10,7 +10,7 @@ import pytest
 
 from tridim.bench.compare import METHODS, plateau_schedule, run_compare_bench
 from tridim.cli import COMPARE_DEFAULTS, QUICK_COMPARE_DEFAULTS, build_parser, main
-from tridim.predictor import LowRankPolynomialRegressor
+from tridim.search.predictor import LowRankPolynomialRegressor
 
 
 @pytest.fixture(scope="module")

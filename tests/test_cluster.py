@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tridim
-from tridim.store import RunStore
+from tridim.run.store import RunStore
 
 ray = pytest.importorskip("ray")
 
@@ -98,7 +98,7 @@ def test_a_failed_task_cancels_the_pending_ones_and_ray_is_shut_down(
     tiny, base_model, tmp_path, monkeypatch
 ):
     fake = _FailingRay()
-    monkeypatch.setattr("tridim.cluster._ray", lambda: fake)
+    monkeypatch.setattr("tridim.run.cluster._ray", lambda: fake)
     with pytest.raises(RuntimeError, match="died"):
         tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, cluster="ray", **SETTINGS)
     assert len(fake.submitted) >= 2
@@ -112,7 +112,7 @@ def test_a_failed_task_cancels_the_pending_ones_and_ray_is_shut_down(
 def test_a_ray_the_caller_started_stays_up(tiny, base_model, tmp_path, monkeypatch):
     fake = _FailingRay()
     fake.up = True
-    monkeypatch.setattr("tridim.cluster._ray", lambda: fake)
+    monkeypatch.setattr("tridim.run.cluster._ray", lambda: fake)
     with pytest.raises(RuntimeError, match="died"):
         tridim.collect(base_model, tiny, 0.5, workdir=tmp_path, cluster="ray", **SETTINGS)
     assert fake.shutdowns == 0 and fake.up

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from tridim.compute import TEACHER_SHARE, compute_record, stage_cost
-from tridim.samples import Sample
+from tridim.run.compute import TEACHER_SHARE, compute_record, stage_cost
+from tridim.search.samples import Sample
 
 
 def sample(epochs, macs_ratio, seconds=1.0):
@@ -44,8 +44,8 @@ def test_the_search_is_every_stage_but_the_final_finetune():
 def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, base_model):
     from conftest import bare_context
 
-    from tridim.collect import CollectionSettings, _sample_data
-    from tridim.trial import Trial
+    from tridim.run.collect import CollectionSettings, _sample_data
+    from tridim.run.trial import Trial
 
     settings = CollectionSettings(0.5, sample_fraction=0.25, seed=3)
     subset = _sample_data(tiny, settings)
@@ -73,7 +73,7 @@ def test_samples_finetune_on_one_seeded_subset_and_the_final_model_on_all(tiny, 
     [(1_168, 1.0), (2_500, 1.0), (5_000, 0.5), (10_000, 0.25), (55_000, 0.25)],
 )
 def test_the_default_proxy_keeps_2500_images_and_at_least_a_quarter(train_examples, fraction):
-    from tridim.collect import CollectionSettings
+    from tridim.run.collect import CollectionSettings
 
     settings = CollectionSettings(0.5).for_data(train_examples)
     assert settings.sample_fraction == fraction

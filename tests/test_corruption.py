@@ -19,13 +19,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 import tridim  # noqa: E402
 from tridim import Plan, models, realise  # noqa: E402
-from tridim.costs import CostModel, macs_cost  # noqa: E402
-from tridim.latency import LatencyTable  # noqa: E402
-from tridim.optimize import run_cost  # noqa: E402
-from tridim.predictor import LowRankPolynomialRegressor  # noqa: E402
-from tridim.samples import Sample, append_sample, read_samples  # noqa: E402
-from tridim.store import RunStore  # noqa: E402
-from tridim.train import load_checkpoint, save_checkpoint  # noqa: E402
+from tridim.budget.cost_model import CostModel, macs_cost  # noqa: E402
+from tridim.cost.latency import LatencyTable  # noqa: E402
+from tridim.run.optimize import run_cost  # noqa: E402
+from tridim.run.store import RunStore  # noqa: E402
+from tridim.search.predictor import LowRankPolynomialRegressor  # noqa: E402
+from tridim.search.samples import Sample, append_sample, read_samples  # noqa: E402
+from tridim.training.train import load_checkpoint, save_checkpoint  # noqa: E402
 
 SIZE = (1, 16, 16)
 EXAMPLES = settings(
@@ -94,7 +94,7 @@ def _load_from_weights_pt(path: Path):
 
 
 def apply_to(plan, base):
-    from tridim.realise import apply_plan
+    from tridim.prune.realise import apply_plan
 
     return apply_plan(base, plan)
 

@@ -11,19 +11,19 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tridim.dims.criteria import (
+from tridim.cost.macs import count_macs, count_params
+from tridim.prune.criteria import (
     CRITERIA,
     criterion_oracle_correlation,
     get_criterion,
     oracle_scores,
     score_groups,
 )
-from tridim.dims.groups import channel_groups
-from tridim.dims.slimming import prune_iteratively
-from tridim.dims.width import prune_width
-from tridim.measure import count_macs, count_params
-from tridim.models import build
-from tridim.realise import realise
+from tridim.prune.groups import channel_groups
+from tridim.prune.realise import realise
+from tridim.prune.slimming import prune_iteratively
+from tridim.prune.width import prune_width
+from tridim.training.models import build
 
 
 def _batches(n=2, size=16, channels=1, classes=10, seed=0):
@@ -206,7 +206,7 @@ def test_criterion_errors():
 
 
 def test_prune_iteratively_reaches_target():
-    from tridim.data import load
+    from tridim.training.data import load
 
     data = load("digits").subset(train=256, val=64, test=64)
     model = _randomise(build("resnet20", 10, 1))

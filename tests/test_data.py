@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tridim import data
+from tridim.training import data
 
 
 def test_digits_shapes_and_split_sizes(digits):

@@ -8,8 +8,9 @@ import torch.nn as nn
 from torchvision.models import mobilenetv2, resnet
 from torchvision.ops import StochasticDepth
 
-from tridim.dims import depth
-from tridim.dims.depth import (
+from tridim.cost.macs import count_macs
+from tridim.prune import depth
+from tridim.prune.depth import (
     block_gains,
     find_blocks,
     minimum_depth,
@@ -17,8 +18,7 @@ from tridim.dims.depth import (
     remove_blocks,
     select_blocks,
 )
-from tridim.measure import count_macs
-from tridim.models import build
+from tridim.training.models import build
 
 
 def _zero_last_bn(block: nn.Module) -> None:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import randomise_batchnorm
 
-from tridim import models
 from tridim.cli import main
-from tridim.data import make_loader
-from tridim.device import Execution, model_device, resolve_device
-from tridim.measure import count_macs, measure_latency
-from tridim.train import evaluate, train
+from tridim.cost.macs import count_macs, measure_latency
+from tridim.training import models
+from tridim.training.data import make_loader
+from tridim.training.device import Execution, model_device, resolve_device
+from tridim.training.train import evaluate, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -97,7 +97,7 @@ def test_cli_refuses_an_unknown_device_before_any_work(tmp_path, capsys):
 
 @needs_cuda
 def test_pruning_surgery_on_a_gpu_model_matches_cpu():
-    from tridim.dims.width import prune_width_to_macs
+    from tridim.prune.width import prune_width_to_macs
 
     model = randomise_batchnorm(models.build("resnet18", 10, 3)).eval()
     on_cpu = prune_width_to_macs(model, 0.5, input_size=(3, 32, 32))
@@ -135,8 +135,8 @@ def test_optimize_runs_on_a_gpu(tiny, base_model, tmp_path, precision):
 
 @needs_cuda
 def test_onnx_export_of_a_model_left_on_a_gpu(tmp_path):
-    from tridim.dims.resolution import ResolutionWrapper
-    from tridim.io import export_onnx
+    from tridim.prune.resolution import ResolutionWrapper
+    from tridim.run.io import export_onnx
 
     model = ResolutionWrapper(models.build("resnet20", 10, 1), (12, 12), (1, 16, 16)).cuda()
     path = export_onnx(model, tmp_path / "m.onnx", (1, 16, 16))

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import tridim
-from tridim import models
-from tridim.collect import collect, step_values
-from tridim.samples import read_samples
-from tridim.store import JOURNAL as JOURNAL_NAME
+from tridim.run.collect import collect, step_values
+from tridim.run.store import JOURNAL as JOURNAL_NAME
+from tridim.search.samples import read_samples
+from tridim.training import models
 
 EPOCHS = 1
 
@@ -102,9 +102,9 @@ def test_collect_with_an_executor_gives_the_same_samples(tiny, base_model, tmp_p
 
 _CHILD = textwrap.dedent("""
     import sys, torch
-    from tridim import data, models
-    from tridim.collect import collect
-    from tridim.train import load_checkpoint
+    from tridim.training import data, models
+    from tridim.run.collect import collect
+    from tridim.training.train import load_checkpoint
     torch.set_num_threads(1)
     bundle = data.load("digits").subset(train=256, val=128, test=128)
     model = models.build("resnet20", 10, 1)
@@ -115,7 +115,7 @@ _CHILD = textwrap.dedent("""
 
 
 def test_killed_collection_resumes_without_loss_or_duplicates(tiny, base_model, tmp_path):
-    from tridim.train import save_checkpoint
+    from tridim.training.train import save_checkpoint
 
     weights = tmp_path / "base.pt"
     save_checkpoint(weights, base_model)
@@ -405,7 +405,7 @@ class _Killed(Exception):
 def test_optimize_killed_mid_trial_resumes_to_the_same_report(
     stage, tiny, base_model, reference_run, tmp_path, monkeypatch
 ):
-    import tridim.train as train_module
+    import tridim.training.train as train_module
 
     save_checkpoint = train_module.save_checkpoint
 
@@ -431,7 +431,7 @@ def test_optimize_killed_mid_trial_resumes_to_the_same_report(
 def test_rerunning_a_finished_run_trains_nothing_and_repeats_no_sample(
     tiny, base_model, reference_run, monkeypatch
 ):
-    import tridim.train as train_module
+    import tridim.training.train as train_module
 
     workdir, expected = reference_run
     journal_before = (workdir / JOURNAL_NAME).read_text()
@@ -440,7 +440,7 @@ def test_rerunning_a_finished_run_trains_nothing_and_repeats_no_sample(
         raise AssertionError("a finished run must not train again")
 
     monkeypatch.setattr(train_module, "train", no_training)
-    monkeypatch.setattr("tridim.recipe.train", no_training)
+    monkeypatch.setattr("tridim.training.recipe.train", no_training)
     again = _small_optimize(base_model, tiny, workdir).report
     assert_same_report(again, expected)
     assert (workdir / JOURNAL_NAME).read_text() == journal_before
@@ -465,8 +465,8 @@ def test_a_workdir_of_another_run_names_the_differing_setting(tiny, base_model, 
 _OPTIMIZE_CHILD = textwrap.dedent("""
     import sys, torch
     import tridim
-    from tridim import data, models
-    from tridim.train import load_checkpoint
+    from tridim.training import data, models
+    from tridim.training.train import load_checkpoint
     torch.set_num_threads(1)
     bundle = data.load("digits").subset(train=256, val=128, test=128)
     model = models.build("resnet20", 10, 1)
@@ -485,7 +485,7 @@ def test_optimize_killed_at_20_random_moments_ends_as_an_uninterrupted_run(base_
     every journal key once, and the report an uninterrupted run writes."""
     import random
 
-    from tridim.train import save_checkpoint
+    from tridim.training.train import save_checkpoint
 
     weights = tmp_path / "base.pt"
     save_checkpoint(weights, base_model)

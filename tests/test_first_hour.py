@@ -14,10 +14,10 @@ import torch
 from conftest import randomise_batchnorm
 
 import tridim
-from tridim import models
 from tridim.cli import main
-from tridim.samples import read_samples
-from tridim.store import RunStore
+from tridim.run.store import RunStore
+from tridim.search.samples import read_samples
+from tridim.training import models
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,9 +48,9 @@ def _no_training(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("trained before checking the arguments")
 
-    monkeypatch.setattr("tridim.train.train", refuse)
-    monkeypatch.setattr("tridim.recipe.train", refuse)
-    monkeypatch.setattr("tridim.train._run_epochs", refuse)
+    monkeypatch.setattr("tridim.training.train.train", refuse)
+    monkeypatch.setattr("tridim.training.recipe.train", refuse)
+    monkeypatch.setattr("tridim.training.train._run_epochs", refuse)
 
 
 # ---------------------------------------------------------------------- 1. predictor reuse
@@ -200,7 +200,7 @@ def test_force_refuses_a_folder_whose_manifest_is_not_tridims(tmp_path, capsys):
 def test_a_base_model_cached_on_other_data_is_refused(fitted_run, tmp_path, capsys):
     """A ResNet-20 trained on Fashion-MNIST fits a digits run's shapes: only the data it
     was trained on, stored with it, can tell that it must not serve this run."""
-    from tridim.train import save_checkpoint
+    from tridim.training.train import save_checkpoint
 
     old = tmp_path / "old-run"
     old.mkdir()
@@ -236,7 +236,7 @@ def test_a_bug_shows_its_traceback_not_a_one_line_user_error(monkeypatch, tmp_pa
     def buggy_load(path):
         return np.reshape(np.arange(6), (4, 4))  # numpy raises the ValueError
 
-    monkeypatch.setattr("tridim.predictor.LowRankPolynomialRegressor.load", buggy_load)
+    monkeypatch.setattr("tridim.search.predictor.LowRankPolynomialRegressor.load", buggy_load)
     with pytest.raises(ValueError, match="cannot reshape"):
         main(["solve", str(tmp_path / "predictor.json"), "--target", "0.5"])
     assert "internal error" in capsys.readouterr().err
@@ -332,7 +332,7 @@ def test_quiet_runs_print_one_line_per_stage(tiny, base_model, tmp_path, capsys)
 
 
 def test_epoch_bars_name_their_trial(tiny, capsys):
-    from tridim.train import train
+    from tridim.training.train import train
 
     model = models.build("resnet20", 10, 1)
     train(

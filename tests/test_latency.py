@@ -13,14 +13,14 @@ import torch
 from conftest import randomise_batchnorm
 
 import tridim
-from tridim import models
-from tridim.budget import LatencyBudget, realise_to_latency
-from tridim.costs import CostModel, macs_cost
-from tridim.dims.resolution import with_resolution
-from tridim.latency import LatencyTable, LayerShape, layer_calls, layer_shapes
-from tridim.measure import count_macs
-from tridim.realise import realise
-from tridim.runtimes import time_forward, time_ratio
+from tridim.budget.cost_model import CostModel, macs_cost
+from tridim.budget.latency import LatencyBudget, realise_to_latency
+from tridim.cost.latency import LatencyTable, LayerShape, layer_calls, layer_shapes
+from tridim.cost.macs import count_macs
+from tridim.cost.runtimes import time_forward, time_ratio
+from tridim.prune.realise import realise
+from tridim.prune.resolution import with_resolution
+from tridim.training import models
 
 SIZE = (3, 16, 16)
 
@@ -232,7 +232,7 @@ def _fake_attempt(cost):
 
 
 def test_a_too_fast_full_width_candidate_gets_resolution_back():
-    from tridim.budget import _give_resolution_back
+    from tridim.budget.latency import _give_resolution_back
 
     attempt, calls = _fake_attempt(lambda w, side: w**2 * (side / 16) ** 2)
     start = attempt(1.0, 7 / 16)  # the table's triple: 0.19, far faster than 0.667
@@ -242,7 +242,7 @@ def test_a_too_fast_full_width_candidate_gets_resolution_back():
 
 
 def test_between_two_sides_width_meets_the_budget_at_the_larger_one():
-    from tridim.budget import _give_resolution_back
+    from tridim.budget.latency import _give_resolution_back
 
     # side 11 full width: 0.61 (meets, too fast); side 12: 0.73 (misses): width at 12
     attempt, _ = _fake_attempt(lambda w, side: 1.3 * w**2 * (side / 16) ** 2)

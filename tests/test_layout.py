@@ -11,31 +11,27 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tridim"
-TORCH_FREE = (
-    "space",
-    "design",
-    "samples",
-    "predictor",
-    "solver",
-    "plan",
-    "atomic",
-    "report",
-    "compute",
-)
+# The layers, lowest first: a module imports only from its own layer or those below it.
+LAYERS = ("search", "training", "cost", "prune", "budget", "run", "cli")
+LEAVES = ("bench",)  # may import any layer; nothing imports them
+TOP_LEVEL = ("__init__.py", "__main__.py", "atomic.py")  # modules that belong to no layer
+# Modules of torch layers that are torch-free too: `tridim report` renders without torch.
+ALSO_TORCH_FREE = ("tridim.run.report", "tridim.run.compute", "tridim.atomic")
 
 
 def _library_modules(*, with_cli: bool = False):
     """Every module of tridim/ but the benchmarks (and but the command line unless asked for)."""
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE)
-        command_line = relative.name in ("cli.py", "__main__.py")
+        command_line = relative.parts[0] == "cli" or relative.name == "__main__.py"
         if relative.parts[0] == "bench" or (command_line and not with_cli):
             continue
         yield relative, ast.parse(path.read_text(), filename=str(path))
 
 
 def test_numbers_side_imports_without_torch():
-    modules = ", ".join(f"tridim.{name}" for name in TORCH_FREE)
+    search = sorted(f"tridim.search.{p.stem}" for p in (PACKAGE / "search").glob("*.py"))
+    modules = ", ".join(search + list(ALSO_TORCH_FREE))
     script = textwrap.dedent(
         f"""
         import sys
@@ -124,4 +120,47 @@ def test_no_library_function_is_longer_than_a_screen(limit):
                 lines = _code_lines(node)
                 if lines > limit:
                     long.append(f"{relative}:{node.name} {lines} lines")
+    assert not long, long
+
+
+def _layer(module: str) -> str | None:
+    """The layer (or leaf) a ``tridim....`` module name belongs to; None for top-level ones."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS + LEAVES else None
+
+
+def test_every_module_lives_in_a_layer_and_imports_only_layers_below_it():
+    top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top_level == sorted(TOP_LEVEL), top_level
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == sorted(LAYERS + LEAVES), folders
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        own = relative.parts[0] if len(relative.parts) > 1 else None
+        for name in _imported_names(tree, relative):
+            if not name.startswith("tridim."):
+                continue
+            target = _layer(name)
+            if own is None:  # atomic imports nothing of tridim; __init__/__main__ re-export
+                if relative.name == "atomic.py":
+                    offenders.append(f"{relative}: {name}")
+                continue
+            if target in LEAVES and own not in LEAVES + ("cli",):
+                offenders.append(f"{relative}: {name} (a leaf)")
+            elif target in LAYERS and own in LAYERS and LAYERS.index(target) > LAYERS.index(own):
+                offenders.append(f"{relative}: {name} (layer {target} is above {own})")
+    assert not offenders, offenders
+
+
+def test_each_layer_says_what_it_is_for_and_no_file_is_long():
+    for folder in LAYERS + LEAVES:
+        docstring = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))
+        assert docstring, f"tridim/{folder}/__init__.py has no docstring"
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 700
+    }
     assert not long, long

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 import tridim
-from tridim import models
+from tridim.training import models
 
 
 def test_count_macs_matches_hand_computation():

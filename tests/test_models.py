@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from tridim import models
-from tridim.measure import count_macs
+from tridim.cost.macs import count_macs
+from tridim.training import models
 
 TORCHVISION_NAMES = [
     "resnet18",

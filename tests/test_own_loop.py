@@ -1,4 +1,4 @@
-"""A user's training loop and metric drive every trial (tridim.recipe)."""
+"""A user's training loop and metric drive every trial (tridim.training.recipe)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import tridim
-from tridim.train import evaluate, train
+from tridim.training.train import evaluate, train
 
 RUN = dict(rounds=1, epochs_per_step=1, final_epochs=1, refine=1, quiet=True)
 LATENCY = dict(latency_repeats=1, latency_batch=4)
@@ -257,6 +257,6 @@ def test_a_users_loop_with_state_resumes_at_the_epoch(tiny, base_model, tmp_path
 
 
 def _chains():
-    from tridim.collect import CollectionSettings, collection_trials
+    from tridim.run.collect import CollectionSettings, collection_trials
 
     return collection_trials(CollectionSettings(0.5, rounds=1, epochs_per_step=3))

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 import torchvision
 
 import tridim
-from tridim.dims.depth import find_blocks, remove_blocks
-from tridim.train import train
+from tridim.prune.depth import find_blocks, remove_blocks
+from tridim.training.train import train
 
 
 class ShortcutBlock(nn.Module):

@@ -15,11 +15,11 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from tridim import plot  # noqa: E402
 from tridim.bench.predictor import baseline_models, compare_models  # noqa: E402
-from tridim.predictor import LowRankPolynomialRegressor  # noqa: E402
-from tridim.report import pareto_rows, samples_table  # noqa: E402
-from tridim.samples import Sample, append_sample  # noqa: E402
-from tridim.space import Triple  # noqa: E402
-from tridim.store import load_run  # noqa: E402
+from tridim.run.report import pareto_rows, samples_table  # noqa: E402
+from tridim.run.store import load_run  # noqa: E402
+from tridim.search.predictor import LowRankPolynomialRegressor  # noqa: E402
+from tridim.search.samples import Sample, append_sample  # noqa: E402
+from tridim.search.space import Triple  # noqa: E402
 
 TARGET = 0.5
 
@@ -184,7 +184,7 @@ def test_plot_iso_flops_marks_chosen_and_masks_infeasible(run):
 
 
 def test_plot_iso_flops_solves_when_no_triple_given(run):
-    from tridim.solver import solve
+    from tridim.search.solver import solve
 
     solution = solve(run.predictor, TARGET)
     fig = plot.plot_iso_flops(run.predictor, TARGET, n_grid=31)
@@ -280,7 +280,7 @@ def test_missing_matplotlib_gives_install_hint(run, monkeypatch):
 def test_module_imports_without_matplotlib_or_torch():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import tridim.plot, tridim.report\n"
+        "import tridim.run.plot, tridim.report\n"
         "assert 'torch' not in sys.modules, 'tridim.plot imported torch'\n"
         "assert 'tridim.bench' not in sys.modules, 'the library imported the benchmark'\n"
     )
@@ -297,12 +297,12 @@ def test_plot_only_draws():
         "compare_models",
     ):
         assert name not in plot.__all__, name
-        assert getattr(getattr(plot, name, None), "__module__", None) != "tridim.plot", name
+        assert getattr(getattr(plot, name, None), "__module__", None) != "tridim.run.plot", name
 
 
 @pytest.mark.parametrize("higher_is_better, name", [(True, "macro_f1"), (False, "-val_loss")])
 def test_figures_of_a_users_score_name_it(run, loo, higher_is_better, name):
-    from tridim.plot import _name_the_score
+    from tridim.run.plot import _name_the_score
 
     score = {"loop": "UserLoop", "score": name.lstrip("-"), "higher_is_better": higher_is_better}
     fig = plot.plot_loo(run.predictor, loo_residuals=loo)

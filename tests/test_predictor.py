@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from tridim.predictor import EXPECTED_FAILED_CHECKS, LowRankPolynomialRegressor
+from tridim.search.predictor import EXPECTED_FAILED_CHECKS, LowRankPolynomialRegressor
 
 
 def _cubic(coefficients, x):

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import tridim
-from tridim import cluster
-from tridim.store import RunStore
+from tridim.run import cluster
+from tridim.run.store import RunStore
 
 SETTINGS = {"rounds": 1, "epochs_per_step": 1, "quiet": True, "device": "cpu"}
 

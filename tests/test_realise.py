@@ -9,11 +9,11 @@ import torch
 from conftest import randomise_batchnorm
 
 from tridim import Plan, Triple, realise
-from tridim.dims.depth import find_blocks
-from tridim.dims.resolution import ResolutionWrapper
-from tridim.measure import count_macs
-from tridim.models import build
-from tridim.realise import apply_plan
+from tridim.cost.macs import count_macs
+from tridim.prune.depth import find_blocks
+from tridim.prune.realise import apply_plan
+from tridim.prune.resolution import ResolutionWrapper
+from tridim.training.models import build
 
 SIZES = {"resnet20": (1, 32, 32), "resnet18": (3, 32, 32)}
 
@@ -229,7 +229,7 @@ def test_realise_with_a_channel_multiple_meets_the_budget_in_multiples(models):
 
 
 def test_the_manifest_of_a_run_without_channel_multiple_is_unchanged():
-    from tridim.collect import CollectionSettings
+    from tridim.run.collect import CollectionSettings
 
     assert "channel_multiple" not in CollectionSettings(0.5).manifest()
     assert CollectionSettings(0.5, channel_multiple=8).manifest()["channel_multiple"] == 8

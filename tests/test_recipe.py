@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import tridim
-from tridim.collect import collect
-from tridim.design import mixed_triples, simplex_splits
-from tridim.optimize import WIDTH_STEP, settled
-from tridim.predictor import TooFewSamples, select_on_samples
-from tridim.samples import Sample
-from tridim.space import Triple
-from tridim.store import RunStore
+from tridim.run.collect import collect
+from tridim.run.optimize import WIDTH_STEP, settled
+from tridim.run.store import RunStore
+from tridim.search.design import mixed_triples, simplex_splits
+from tridim.search.predictor import TooFewSamples, select_on_samples
+from tridim.search.samples import Sample
+from tridim.search.space import Triple
 
 
 def test_mixed_triples_lie_on_the_budget_and_mix_dimensions():

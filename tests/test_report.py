@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tridim.report import (
+from tridim.run.report import (
     as_sample,
     dimension_of,
     format_table,
@@ -15,7 +15,7 @@ from tridim.report import (
     render_report_markdown,
     samples_table,
 )
-from tridim.samples import Sample
+from tridim.search.samples import Sample
 
 
 def _report() -> dict:

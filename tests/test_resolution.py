@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tridim import with_resolution
-from tridim.data import resize_batch
-from tridim.dims.resolution import ResolutionWrapper, reduced_size
-from tridim.measure import count_macs
-from tridim.models import build
+from tridim.cost.macs import count_macs
+from tridim.prune.resolution import ResolutionWrapper, reduced_size
+from tridim.training.data import resize_batch
+from tridim.training.models import build
 
 
 @pytest.fixture(scope="module")

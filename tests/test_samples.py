@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from tridim.samples import TORN_MARKER, Sample, append_sample, read_samples, samples_to_xy
+from tridim.search.samples import TORN_MARKER, Sample, append_sample, read_samples, samples_to_xy
 
 
 def _record(d: float, accuracy: float) -> Sample:

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from tridim import solver
-from tridim.predictor import LowRankPolynomialRegressor
-from tridim.solver import Solution, pareto, solve
-from tridim.space import Bounds, Triple, flops_cost
+from tridim.search import solver
+from tridim.search.predictor import LowRankPolynomialRegressor
+from tridim.search.solver import Solution, pareto, solve
+from tridim.search.space import Bounds, Triple, flops_cost
 
 UNIT = Bounds((0.05, 0.05, 0.05), (1.0, 1.0, 1.0))
 

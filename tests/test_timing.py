@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tridim import timing
-from tridim.dims.resolution import with_resolution
-from tridim.models import build
-from tridim.report import describe_timing
-from tridim.runtimes import time_forward, time_ratio
+from tridim.cost import timing
+from tridim.cost.runtimes import time_forward, time_ratio
+from tridim.prune.resolution import with_resolution
+from tridim.run.report import describe_timing
+from tridim.training.models import build
 
 SIZE = (1, 8, 8)
 REQUEST = {

@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from tridim import models
-from tridim.train import (
+from tridim.training import models
+from tridim.training.train import (
     TrainingDiverged,
     evaluate,
     load_checkpoint,
@@ -56,7 +56,7 @@ def test_distillation_pulls_the_student_towards_its_teacher(digits):
     outputs (a teacher the loss ignored would leave the two alike)."""
     from conftest import randomise_batchnorm
 
-    from tridim.train import distillation_loss
+    from tridim.training.train import distillation_loss
 
     small = digits.subset(train=256, val=64)
     torch.manual_seed(1)
@@ -81,7 +81,7 @@ def test_precomputed_teacher_outputs_train_exactly_as_the_teacher_does(digits):
     running the teacher at every step gives (and works from a sample subset)."""
     from conftest import randomise_batchnorm
 
-    from tridim.train import teacher_outputs
+    from tridim.training.train import teacher_outputs
 
     small = digits.subset(train=200, val=32)
     teacher = randomise_batchnorm(models.build("resnet20", 10, 1), seed=1).eval()

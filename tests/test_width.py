@@ -11,9 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tridim.dims.groups import channel_groups, layer_geometry
-from tridim.dims.slimming import bn_l1_penalty, sparsity_strength
-from tridim.dims.width import (
+from tridim.cost.macs import count_macs, count_params
+from tridim.prune.groups import channel_groups, layer_geometry
+from tridim.prune.slimming import bn_l1_penalty, sparsity_strength
+from tridim.prune.width import (
     compose_removals,
     prune_width,
     prune_width_to_macs,
@@ -21,8 +22,7 @@ from tridim.dims.width import (
     select_channels,
     select_channels_for_macs,
 )
-from tridim.measure import count_macs, count_params
-from tridim.models import build
+from tridim.training.models import build
 
 SIZE = (3, 32, 32)
 
@@ -437,11 +437,11 @@ def _imported_modules(path: Path) -> set[str]:
 
 def test_groups_depend_on_neither_width_nor_criteria():
     imported = _imported_modules(DIMS / "groups.py")
-    assert "torch" in imported and "tridim.dims.width" in _imported_modules(DIMS / "slimming.py")
-    for module in ("tridim.dims.width", "tridim.dims.criteria", "tridim.dims.slimming"):
+    assert "torch" in imported and "tridim.prune.width" in _imported_modules(DIMS / "slimming.py")
+    for module in ("tridim.prune.width", "tridim.prune.criteria", "tridim.prune.slimming"):
         assert module not in imported
     # the criteria use the groups, not the width pruner
-    assert "tridim.dims.width" not in _imported_modules(DIMS / "criteria.py")
+    assert "tridim.prune.width" not in _imported_modules(DIMS / "criteria.py")
 
 
 def _tridim_attribute_uses(path: Path) -> list[str]:

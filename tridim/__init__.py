@@ -22,18 +22,19 @@ save, load, describe, export_onnx
 RunStore, load_run
     A run folder: the journal of every trial, checkpoints, artifacts; read it back.
 
-Submodules: ``tridim.data`` (datasets), ``tridim.models`` (reference models),
-``tridim.train`` (finetuning), ``tridim.report`` (tables and the report),
-``tridim.plot`` (figures of a run; needs matplotlib). Names are imported lazily, so the
-torch-free parts (space, samples, predictor, solver, plan) load without importing torch.
+Layers, each importing only those below it: ``tridim.search`` (triples, samples, plans,
+predictor, solver; no torch), ``tridim.training`` (datasets, models, the loop),
+``tridim.cost`` (MACs, the timer, latency tables), ``tridim.prune`` (the three dimensions),
+``tridim.budget`` (the cost model and latency budgets), ``tridim.run`` (run folders,
+collection, optimize, saving, reports). ``tridim.data``, ``tridim.models``,
+``tridim.train``, ``tridim.report`` and ``tridim.plot`` stay reachable as attributes.
+Names are imported lazily, so the torch-free search layer loads without importing torch.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata as _metadata
-import sys
-import types
 
 try:
     __version__ = _metadata.version("tridim")
@@ -41,62 +42,55 @@ except _metadata.PackageNotFoundError:  # running from a source tree that is not
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "Triple": "space",
-    "Bounds": "space",
-    "flops_cost": "space",
-    "count_macs": "measure",
-    "count_params": "measure",
-    "measure_latency": "measure",
-    "LowRankPolynomialRegressor": "predictor",
-    "solve": "solver",
-    "pareto": "solver",
-    "Solution": "solver",
-    "Sample": "samples",
-    "read_samples": "samples",
-    "prune_width": "dims.width",
-    "prune_width_to_macs": "dims.width",
-    "prune_iteratively": "dims.slimming",
-    "bn_l1_penalty": "dims.slimming",
-    "criterion_oracle_correlation": "dims.criteria",
-    "block_gains": "dims.depth",
-    "prune_depth": "dims.depth",
-    "find_blocks": "dims.depth",
-    "with_resolution": "dims.resolution",
-    "realise": "realise",
-    "apply_plan": "realise",
-    "Plan": "plan",
-    "RunStore": "store",
-    "load_run": "store",
-    "collect": "collect",
-    "optimize": "optimize",
-    "CompressionResult": "optimize",
-    "save": "io",
-    "load": "io",
-    "describe": "io",
-    "export_onnx": "io",
+    "Triple": "search.space",
+    "Bounds": "search.space",
+    "flops_cost": "search.space",
+    "count_macs": "cost.macs",
+    "count_params": "cost.macs",
+    "measure_latency": "cost.macs",
+    "LowRankPolynomialRegressor": "search.predictor",
+    "solve": "search.solver",
+    "pareto": "search.solver",
+    "Solution": "search.solver",
+    "Sample": "search.samples",
+    "read_samples": "search.samples",
+    "prune_width": "prune.width",
+    "prune_width_to_macs": "prune.width",
+    "prune_iteratively": "prune.slimming",
+    "bn_l1_penalty": "prune.slimming",
+    "criterion_oracle_correlation": "prune.criteria",
+    "block_gains": "prune.depth",
+    "prune_depth": "prune.depth",
+    "find_blocks": "prune.depth",
+    "with_resolution": "prune.resolution",
+    "realise": "prune.realise",
+    "apply_plan": "prune.realise",
+    "Plan": "search.plan",
+    "RunStore": "run.store",
+    "load_run": "run.store",
+    "collect": "run.collect",
+    "optimize": "run.optimize",
+    "CompressionResult": "run.optimize",
+    "save": "run.io",
+    "load": "run.io",
+    "describe": "run.io",
+    "export_onnx": "run.io",
 }
 
-_SUBMODULES = ("data", "models", "train", "report", "plot")
-# Functions that share their module's name: the package attribute stays the function
-# even after the submodule is imported (the module remains in sys.modules).
-_FUNCTIONS_NAMED_LIKE_MODULES = frozenset({"collect", "optimize", "realise"})
+_SUBMODULES = {
+    "data": "training.data",
+    "models": "training.models",
+    "train": "training.train",
+    "report": "run.report",
+    "plot": "run.plot",
+}
 
-__all__ = sorted(_EXPORTS) + list(_SUBMODULES) + ["__version__"]
-
-
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value) -> None:
-        if name in _FUNCTIONS_NAMED_LIKE_MODULES and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES) + ["__version__"]
 
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
+        return importlib.import_module(f".{_SUBMODULES[name]}", __name__)
     module_name = _EXPORTS.get(name)
     if module_name is None:
         raise AttributeError(f"module 'tridim' has no attribute {name!r}")

@@ -6,7 +6,7 @@ the way a user's script would:
 
 - ``eager``: PyTorch eager in a fresh process, then again after five training steps;
   once with glibc as it starts (``system``) and once with the heap pinned as
-  :mod:`tridim.timing` pins it (``fixed-heap``);
+  :mod:`tridim.cost.timing` pins it (``fixed-heap``);
 - ``onnxruntime``: one ONNX Runtime session alone, then two sessions taking turns (as a
   model and its base do in a ratio), with and without their threads spinning between runs.
 
@@ -65,8 +65,8 @@ def _median_ms(run, passes: int = 15, warmup: int = 5) -> float:
 def _eager(fixed_heap: bool) -> dict:
     import torch
 
-    from tridim.models import build
-    from tridim.timing import _fix_heap
+    from tridim.cost.timing import _fix_heap
+    from tridim.training.models import build
 
     if fixed_heap:
         _fix_heap()
@@ -97,8 +97,8 @@ def _onnxruntime(spinning: bool) -> dict:
     import onnxruntime as ort
     import torch
 
-    from tridim.io import export_onnx
-    from tridim.models import build
+    from tridim.run.io import export_onnx
+    from tridim.training.models import build
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as folder:

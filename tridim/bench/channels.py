@@ -4,7 +4,7 @@ Latency depends on layer shapes, not on weights, so no training is needed: each 
 built, given seeded random BatchNorm scales (a fresh model's are all 1, with nothing to
 rank), pruned by width to each MACs target twice (``channel_multiple=1`` and ``8``), and
 the base and both pruned models are timed together in alternating rounds
-(:func:`tridim.timing.time_models`) on each runtime and batch size. A row per model,
+(:func:`tridim.cost.timing.time_models`) on each runtime and batch size. A row per model,
 target, runtime and batch gives both speed-ups over the base and their ratio.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from tridim.dims.width import prune_width_to_macs
-from tridim.measure import count_macs
-from tridim.models import build
-from tridim.timing import ratio_of, time_models
+from tridim.cost.macs import count_macs
+from tridim.cost.timing import ratio_of, time_models
+from tridim.prune.width import prune_width_to_macs
+from tridim.training.models import build
 
 __all__ = ["run_channels_bench", "DEFAULT_MODELS"]
 

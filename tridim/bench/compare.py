@@ -10,13 +10,13 @@ each stored as JSON in ``out/cells`` the moment it finishes; a re-run skips fini
 cells, so a kill loses at most one cell (``tridim`` cells resume inside their own run
 folder too). Methods:
 
-- ``tridim``: :func:`tridim.optimize` at the target, with ``design`` mixed samples; the
+- ``tridim``: :func:`tridim.run.optimize` at the target, with ``design`` mixed samples; the
   variants change one thing (``TRIDIM_VARIANTS``): ``tridim-axis`` no mixed samples,
   ``tridim-proxy`` no mixed samples and samples on the default proxy share of the
   training set (``sample_fraction="auto"``; every other variant samples on all of it),
   ``tridim-default`` the same with optimize's default 2 epochs per sample,
   ``tridim-chain`` chained samples, ``tridim-bn-scale``/``tridim-group-norm`` a criterion;
-- ``tridim-latency``: :func:`tridim.optimize` with a latency budget equal to the speed-up
+- ``tridim-latency``: :func:`tridim.run.optimize` with a latency budget equal to the speed-up
   the ``tridim`` cell measured (at the latency batch, PyTorch eager on this CPU);
 - ``depth-only``, ``width-only`` (BN scale), ``resolution-only``: one dimension to the
   same MACs (whole blocks and pixels: the nearest achievable ratio);
@@ -53,14 +53,14 @@ import torch.nn as nn
 import tridim
 from tridim.atomic import atomic_write_json
 from tridim.bench.dims import _depth_only, _resolution_only
-from tridim.collect import auto_criterion
-from tridim.data import DataBundle, load
-from tridim.dims.depth import block_gains, find_blocks
-from tridim.measure import count_macs, count_params
-from tridim.models import CIFAR_RESNET_DEPTHS, build
-from tridim.realise import realise
-from tridim.runtimes import time_ratio
-from tridim.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
+from tridim.cost.macs import count_macs, count_params
+from tridim.cost.runtimes import time_ratio
+from tridim.prune.depth import block_gains, find_blocks
+from tridim.prune.realise import realise
+from tridim.run.collect import auto_criterion
+from tridim.training.data import DataBundle, load
+from tridim.training.models import CIFAR_RESNET_DEPTHS, build
+from tridim.training.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
 __all__ = ["run_compare_bench", "METHODS", "render_markdown", "plateau_schedule"]
 
@@ -723,7 +723,7 @@ def _add_regret(rows: list[dict], cells: list[dict]) -> None:
 
 def _predicted_rank(predictor_path: str, grid: list[dict]) -> int | None:
     """1 + how many grid triples the predictor scores above the grid's measured best."""
-    from tridim.predictor import LowRankPolynomialRegressor
+    from tridim.search.predictor import LowRankPolynomialRegressor
 
     if not Path(predictor_path).is_file() or not grid:
         return None

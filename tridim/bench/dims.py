@@ -11,7 +11,7 @@ Depth and resolution alone move in whole blocks and whole pixels, so those rows 
 achievable ratio nearest the target (their measured ratio is reported); width and the
 balanced triple hit the target within 1%. MACs count convolution and linear layers only.
 Latency is the median CPU wall time of a forward pass on this machine, every model timed
-together in alternating rounds by :func:`tridim.timing.time_models`, so that other load
+together in alternating rounds by :func:`tridim.cost.timing.time_models`, so that other load
 on the machine spreads evenly. The result is plain data; nothing is
 printed.
 """
@@ -26,14 +26,14 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tridim.data import DataBundle, load
-from tridim.dims.depth import block_gains, blocks_to_keep, find_blocks
-from tridim.measure import count_macs, count_params
-from tridim.models import CIFAR_RESNET_DEPTHS, build
-from tridim.realise import realise
-from tridim.space import check_ratio
-from tridim.timing import time_models
-from tridim.train import evaluate, train
+from tridim.cost.macs import count_macs, count_params
+from tridim.cost.timing import time_models
+from tridim.prune.depth import block_gains, blocks_to_keep, find_blocks
+from tridim.prune.realise import realise
+from tridim.search.space import check_ratio
+from tridim.training.data import DataBundle, load
+from tridim.training.models import CIFAR_RESNET_DEPTHS, build
+from tridim.training.train import evaluate, train
 
 __all__ = ["run_dims_bench", "DEFAULT_BASE_EPOCHS"]
 
@@ -56,7 +56,7 @@ def _interleaved_latency(
     models: list[nn.Module], size, batch_size: int, rounds: int, repeats: int
 ) -> list[dict]:
     """Median and minimum forward time per model, all timed together in alternating
-    rounds (:func:`tridim.timing.time_models`), so whatever else the machine is doing
+    rounds (:func:`tridim.cost.timing.time_models`), so whatever else the machine is doing
     spreads evenly over the models instead of onto one of them."""
     timed = time_models(
         {str(i): model for i, model in enumerate(models)},
@@ -251,9 +251,9 @@ def run_dims_bench(
     Parameters
     ----------
     data_name : str
-        Dataset for :func:`tridim.data.load` (``"digits"``, ``"fashion-mnist"``, ...).
+        Dataset for :func:`tridim.training.data.load` (``"digits"``, ``"fashion-mnist"``, ...).
     model_name : str
-        Model for :func:`tridim.models.build` (``"resnet20"``, ...).
+        Model for :func:`tridim.training.models.build` (``"resnet20"``, ...).
     target : float in (0, 1]
         MACs budget as a fraction of the base model's MACs.
     epochs : int
@@ -273,7 +273,7 @@ def run_dims_bench(
     latency_rounds : int
         Rounds of round-robin timing over all models (see the notes).
     data_options : dict, optional
-        Passed to :func:`tridim.data.load`.
+        Passed to :func:`tridim.training.data.load`.
 
     Returns
     -------
@@ -288,7 +288,7 @@ def run_dims_bench(
     Notes
     -----
     Latency is measured after all models are built, all together in alternating rounds
-    (:func:`tridim.timing.time_models`: a dedicated timing process, warm-up until stable,
+    (:func:`tridim.cost.timing.time_models`: a dedicated timing process, warm-up until stable,
     a spread check). On a shared machine this spreads interference over all rows instead
     of onto one.
     """

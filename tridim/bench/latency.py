@@ -3,8 +3,8 @@
 From one trained base model (cached in the output folder), :func:`run_latency_bench`
 runs the whole pipeline twice with the same settings:
 
-1. ``tridim (MACs)``: :func:`tridim.optimize` at ``target_flops_ratio=target``;
-2. ``tridim (latency)``: :func:`tridim.optimize` at ``target_speedup`` equal to the
+1. ``tridim (MACs)``: :func:`tridim.run.optimize` at ``target_flops_ratio=target``;
+2. ``tridim (latency)``: :func:`tridim.run.optimize` at ``target_speedup`` equal to the
    speed-up the MACs run measured (on the same runtime and batch), so both land at the
    same measured speed-up and their accuracies compare directly;
 3. optionally more latency runs at the ``extra_speedups`` asked for.
@@ -26,11 +26,11 @@ import torch
 import torch.nn as nn
 
 import tridim
-from tridim.budget import LatencyBudget
-from tridim.data import DataBundle, load
-from tridim.latency import LatencyTable
-from tridim.models import build
-from tridim.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
+from tridim.budget.latency import LatencyBudget
+from tridim.cost.latency import LatencyTable
+from tridim.training.data import DataBundle, load
+from tridim.training.models import build
+from tridim.training.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
 __all__ = ["run_latency_bench", "bench_setup"]
 

@@ -1,7 +1,7 @@
 """Benchmark: independent trials side by side against one process using every thread.
 
 From one base model (trained briefly, cached in the output folder), the same collection
-(:func:`tridim.collect`, one-shot samples) runs in this process alone (``cluster=None``,
+(:func:`tridim.run.collect`, one-shot samples) runs in this process alone (``cluster=None``,
 every thread) and in worker processes (``cluster="processes"``, an even share of the
 cores each), alternating, each in a fresh run folder. The table gives the wall times,
 their ratio, and the largest accuracy difference between the two collections' samples
@@ -17,7 +17,7 @@ import time
 
 import tridim
 from tridim.bench.latency import bench_setup
-from tridim.cluster import available_cores
+from tridim.run.cluster import available_cores
 
 __all__ = ["run_parallel_bench"]
 

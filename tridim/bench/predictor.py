@@ -32,11 +32,11 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from tridim.predictor import LowRankPolynomialRegressor, leave_one_out_residuals, rms
-from tridim.report import as_sample
-from tridim.samples import Sample, read_samples, samples_to_xy
-from tridim.solver import solve
-from tridim.space import Bounds
+from tridim.run.report import as_sample
+from tridim.search.predictor import LowRankPolynomialRegressor, leave_one_out_residuals, rms
+from tridim.search.samples import Sample, read_samples, samples_to_xy
+from tridim.search.solver import solve
+from tridim.search.space import Bounds
 
 __all__ = [
     "compare_models",
@@ -114,7 +114,7 @@ def compare_models(
     list of dict
         One row per model: ``model``, ``n_samples``, ``loo_rmse``, ``train_rmse`` and
         ``error`` (None unless the model failed); draw them with
-        :func:`tridim.plot.plot_model_comparison`.
+        :func:`tridim.run.plot.plot_model_comparison`.
     """
     X, y = samples_to_xy(as_sample(s) for s in samples)
     rows = []

@@ -5,7 +5,7 @@ From one base model (cached in the output folder), the same collection runs once
 ``sample_fraction`` (each in its own run folder, resumable): the same triples, each
 finetuned on that seeded fraction of the training split and scored on the whole
 validation split. For each fraction the table gives what the collection cost (seconds,
-base-training equivalents, :mod:`tridim.compute`), the Spearman correlation of its
+base-training equivalents, :mod:`tridim.run.compute`), the Spearman correlation of its
 sample accuracies with the full recipe's over the same triples, and the triple the
 predictor fitted on it solves for (with optimize's measured-MACs cost).
 """
@@ -20,10 +20,10 @@ from scipy.stats import spearmanr
 
 import tridim
 from tridim.bench.latency import bench_setup
-from tridim.compute import stage_cost
-from tridim.costs import CostModel, macs_cost
-from tridim.predictor import choose_and_fit
-from tridim.solver import solve
+from tridim.budget.cost_model import CostModel, macs_cost
+from tridim.run.compute import stage_cost
+from tridim.search.predictor import choose_and_fit
+from tridim.search.solver import solve
 
 __all__ = ["run_proxy_bench"]
 

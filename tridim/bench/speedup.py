@@ -1,12 +1,12 @@
 """Benchmark: is a latency budget met as measured, and does every timer agree?
 
 From one trained base model (cached in the output folder), :func:`run_speedup_bench` runs
-:func:`tridim.optimize` ``runs`` times at ``target_speedup`` on each runtime asked for
+:func:`tridim.run.optimize` ``runs`` times at ``target_speedup`` on each runtime asked for
 (each run in a fresh run folder), then times each final model against the base three
 ways:
 
 1. ``optimize``: the ``measured_speedup`` in the run's report;
-2. ``bench compare``: :func:`tridim.runtimes.time_ratio`, as ``tridim bench compare``
+2. ``bench compare``: :func:`tridim.cost.runtimes.time_ratio`, as ``tridim bench compare``
    times its cells, in this process;
 3. ``fresh process``: a new Python process that loads the saved model with
    :func:`tridim.load` and the base weights from disk and times them the same way.
@@ -25,9 +25,9 @@ import sys
 import tridim
 from tridim.atomic import atomic_write_json
 from tridim.bench.latency import bench_setup
-from tridim.models import build
-from tridim.runtimes import time_ratio
-from tridim.train import load_checkpoint
+from tridim.cost.runtimes import time_ratio
+from tridim.training.models import build
+from tridim.training.train import load_checkpoint
 
 __all__ = ["run_speedup_bench"]
 

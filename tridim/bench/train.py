@@ -16,10 +16,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import data as datasets
-from .. import models
-from ..device import Execution
-from ..train import seed_everything, train
+from tridim.training import data as datasets
+from tridim.training import models
+from tridim.training.device import Execution
+from tridim.training.train import seed_everything, train
 
 
 def bare_loop(model: nn.Module, data, epochs: int, execution: Execution, **options) -> float:
@@ -56,7 +56,7 @@ def _drain(device: torch.device) -> None:
 
 
 def tridim_loop(model: nn.Module, data, epochs: int, execution: Execution, **options) -> float:
-    """Train with :func:`tridim.train.train` (no per-epoch evaluation); wall seconds."""
+    """Train with :func:`tridim.training.train.train` (no per-epoch evaluation); wall seconds."""
     started = time.perf_counter()
     train(
         model,
@@ -100,9 +100,9 @@ def run_train_bench(
         raise ValueError(f"repeats and epochs must be >= 1, got {repeats} and {epochs}")
     execution = Execution.of(device, precision, channels_last)
     bundle = datasets.load(data, **(data_options or {}))
-    times: dict[str, list[float]] = {"bare PyTorch": [], "tridim.train": []}
+    times: dict[str, list[float]] = {"bare PyTorch": [], "tridim.training.train": []}
     for _ in range(repeats):
-        for name, loop in (("bare PyTorch", bare_loop), ("tridim.train", tridim_loop)):
+        for name, loop in (("bare PyTorch", bare_loop), ("tridim.training.train", tridim_loop)):
             seed_everything(seed)
             net = models.build(model, bundle.num_classes, bundle.input_shape[0])
             times[name].append(loop(net, bundle, epochs, execution, lr=lr, batch_size=batch_size))
@@ -120,7 +120,7 @@ def run_train_bench(
         "rows": [
             {"loop": name, "median_s": medians[name], "runs_s": times[name]} for name in times
         ],
-        "overhead": medians["tridim.train"] / medians["bare PyTorch"] - 1.0,
+        "overhead": medians["tridim.training.train"] / medians["bare PyTorch"] - 1.0,
     }
 
 
@@ -146,7 +146,7 @@ def run_train_options_bench(
     seed: int = 0,
     data_options: dict | None = None,
 ) -> dict:
-    """Each training option of :data:`TRAIN_OPTIONS` on the CPU with ``tridim.train``,
+    """Each training option of :data:`TRAIN_OPTIONS` on the CPU with ``tridim.training.train``,
     runs alternating, with the test accuracy each reaches; then evaluation settings.
 
     Returns
@@ -199,7 +199,7 @@ def run_train_options_bench(
 
 
 def _test_accuracy(model: nn.Module, bundle) -> float:
-    from ..train import evaluate
+    from tridim.training.train import evaluate
 
     return evaluate(model, bundle.loader("test", 256))
 

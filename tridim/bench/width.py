@@ -12,15 +12,15 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data import load
-from ..dims.criteria import CRITERIA, MOLCHANOV_REFERENCE, criterion_oracle_correlation
-from ..dims.groups import channel_groups
-from ..dims.slimming import prune_iteratively
-from ..dims.width import prune_width_to_macs
-from ..measure import count_macs, count_params
-from ..models import CIFAR_RESNET_DEPTHS, build
-from ..space import check_ratio
-from ..train import evaluate, train
+from tridim.cost.macs import count_macs, count_params
+from tridim.prune.criteria import CRITERIA, MOLCHANOV_REFERENCE, criterion_oracle_correlation
+from tridim.prune.groups import channel_groups
+from tridim.prune.slimming import prune_iteratively
+from tridim.prune.width import prune_width_to_macs
+from tridim.search.space import check_ratio
+from tridim.training.data import load
+from tridim.training.models import CIFAR_RESNET_DEPTHS, build
+from tridim.training.train import evaluate, train
 
 __all__ = ["run_width_bench", "REFERENCE"]
 
@@ -179,9 +179,9 @@ def run_width_bench(
     Parameters
     ----------
     data_name : str
-        Dataset for :func:`tridim.data.load` (``"digits"``, ``"fashion-mnist"``, ...).
+        Dataset for :func:`tridim.training.data.load` (``"digits"``, ``"fashion-mnist"``, ...).
     model_name : str
-        Model for :func:`tridim.models.build`.
+        Model for :func:`tridim.training.models.build`.
     target : float in (0, 1]
         MACs ratio to reach (:func:`prune_width_to_macs`, within 1%).
     epochs : int
@@ -194,7 +194,7 @@ def run_width_bench(
         Hide progress bars.
     oracle_layers : sequence of str, optional
         Group roots for the oracle table (default: four groups spread from the first to
-        the last; see :func:`tridim.dims.criteria.criterion_oracle_correlation` for the cost).
+        the last; see :func:`tridim.prune.criteria.criterion_oracle_correlation` for the cost).
     criteria : sequence of str
         Criteria to compare (one row each).
     iterative : bool
@@ -207,7 +207,7 @@ def run_width_bench(
     oracle_batches : int
         Batches for the oracle (set 0 to skip the table).
     data_options : dict, optional
-        Options for :func:`tridim.data.load`.
+        Options for :func:`tridim.training.data.load`.
 
     Returns
     -------

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tridim.collect import auto_criterion
+from tridim.run.collect import auto_criterion
 
 STEPS = ("width", "depth", "resolution", "realise", "reload")
 TOLERANCE = 0.01
@@ -170,7 +170,7 @@ def sweep_model(name: str, *, size: int = 64, channels: int = 3, classes: int = 
     Parameters
     ----------
     name : str
-        A :func:`tridim.models.build` name (torchvision, ``timm:...``, CIFAR ResNets).
+        A :func:`tridim.training.models.build` name (torchvision, ``timm:...``, CIFAR ResNets).
     size, channels, classes : int
         Input side, input channels and classes of the model built.
 
@@ -180,7 +180,7 @@ def sweep_model(name: str, *, size: int = 64, channels: int = 3, classes: int = 
         ``model``, ``params_m``, ``input`` (the side falls back to 224 for models that need
         it), ``criterion``, one status per step of :data:`STEPS`, ``seconds``.
     """
-    from tridim import models
+    from tridim.training import models
 
     started = time.perf_counter()
     torch.manual_seed(0)
@@ -218,7 +218,7 @@ def run_zoo_bench(
     Models over ``max_params_m`` million parameters are listed as skipped, to keep the
     sweep within minutes on a CPU. ``on_row`` is called with each row as it finishes.
     """
-    from tridim import models
+    from tridim.training import models
 
     rows = []
     for name in list(names) if names is not None else torchvision_models():

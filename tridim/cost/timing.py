@@ -1,0 +1,563 @@
+"""The one timer behind every latency tridim reports, in one controlled, stated state.
+
+A whole-model CPU timing depends on the process's history, not just on the model: in a
+fresh process glibc hands each large activation buffer back to the OS after every pass
+(until its mmap threshold adapts), which made the Fashion-MNIST ResNet-20 take 26 ms at
+batch 64 in a fresh process and 13 ms after a few training steps; and two ONNX Runtime
+sessions whose thread pools spin between runs slow each other 2.5x. So CPU timings run in
+a dedicated **timing subprocess** (``python -m tridim.cost.timing``), started once and reused,
+in a fixed state:
+
+- **allocator** (:func:`configure` or ``TRIDIM_TIMING_ALLOCATOR``): ``"fixed-heap"`` (the
+  default) pins glibc's mmap and trim thresholds with ``mallopt``, so buffers stay on the
+  heap (the state a long-running server reaches); ``"system"`` leaves glibc as it is; a
+  path to a shared library (``libtcmalloc.so``, ``libjemalloc.so``) preloads it;
+- **threads**: the intra-op thread count asked for (default: PyTorch's current count);
+  ONNX Runtime sessions get ``intra_op_num_threads`` = threads, one inter-op thread,
+  sequential execution and no spinning between runs;
+- **warm-up until stable**: groups of passes until two consecutive group medians agree
+  within 5% (at most 10 groups or 3 seconds);
+- **alternating rounds**: models timed together take turns, round after round, so a busy
+  moment of the machine slows them alike; a ratio is the median of per-round ratios;
+- **spread check**: a model whose round medians spread by more than 15% of their median
+  has all rounds repeated (at most 3 attempts); the result says when they still do.
+
+Every result carries ``state``: what process, allocator, threads and runtime settings it
+was measured in, and whether it was stable. CUDA and MPS timings run in the caller's
+process (their allocators cache memory; CUDA passes are timed with events). A model the
+subprocess cannot receive (its class is defined in a notebook or script's ``__main__``,
+or it does not pickle) is timed in the caller's process, and ``state`` says why.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import copy
+import ctypes
+import io
+import json
+import os
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tridim.cost.onnx import write_onnx
+from tridim.search.space import check_input_size
+from tridim.training.device import Execution, eval_mode, model_device, synchronize
+
+__all__ = ["TimingSetup", "configure", "current_setup", "time_models", "time_one", "SPREAD_LIMIT"]
+
+#: Round medians of one model may differ by at most this share of their median.
+SPREAD_LIMIT = 0.15
+#: Attempts at a set of rounds before a result is returned unstable.
+MAX_ATTEMPTS = 3
+#: Named allocator states (anything else must be a shared library to preload).
+ALLOCATORS = ("fixed-heap", "system")
+PROCESSES = ("subprocess", "in-process")
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@dataclass(frozen=True)
+class TimingSetup:
+    """The controlled state CPU timings run in.
+
+    Attributes
+    ----------
+    allocator : str
+        ``"fixed-heap"``, ``"system"`` or the path of an allocator library to preload.
+    process : {"subprocess", "in-process"}
+        Time in the dedicated subprocess (the default), or in the caller's process.
+    """
+
+    allocator: str = "fixed-heap"
+    process: str = "subprocess"
+
+    def __post_init__(self) -> None:
+        if self.allocator not in ALLOCATORS and not Path(self.allocator).is_file():
+            raise ValueError(
+                f"allocator must be one of {', '.join(ALLOCATORS)} or the path of a shared "
+                f"library to preload (e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4); "
+                f"got {self.allocator!r}, which is neither"
+            )
+        if self.process not in PROCESSES:
+            raise ValueError(f"process must be one of {', '.join(PROCESSES)}, got {self.process!r}")
+
+
+_lock = threading.Lock()
+_setup: TimingSetup | None = None
+_worker: _Worker | None = None
+
+
+def current_setup() -> TimingSetup:
+    """The setup in force: the last :func:`configure`, else the environment's
+    ``TRIDIM_TIMING_ALLOCATOR`` and ``TRIDIM_TIMING_PROCESS``, else the defaults."""
+    global _setup
+    if _setup is None:
+        _setup = TimingSetup(
+            allocator=os.environ.get("TRIDIM_TIMING_ALLOCATOR", "fixed-heap"),
+            process=os.environ.get("TRIDIM_TIMING_PROCESS", "subprocess"),
+        )
+    return _setup
+
+
+def configure(*, allocator: str | None = None, process: str | None = None) -> TimingSetup:
+    """Set the timing state for this process's later timings; returns it.
+
+    Examples
+    --------
+    >>> configure(allocator="system").allocator
+    'system'
+    >>> configure(allocator="fixed-heap").allocator
+    'fixed-heap'
+    """
+    global _setup
+    now = current_setup()
+    chosen = TimingSetup(
+        allocator=now.allocator if allocator is None else allocator,
+        process=now.process if process is None else process,
+    )
+    with _lock:
+        if chosen != _setup:
+            _close_worker()
+        _setup = chosen
+    return chosen
+
+
+def time_models(
+    models: Mapping[str, nn.Module],
+    input_size: Sequence[int],
+    batch_size: int = 1,
+    *,
+    runtime: str = "eager",
+    device: str | torch.device = "cpu",
+    threads: int | None = None,
+    repeats: int = 15,
+    rounds: int = 5,
+    precision: str = "fp32",
+    channels_last: bool = False,
+) -> dict:
+    """Time models together in alternating rounds, in the controlled state.
+
+    Parameters
+    ----------
+    models : mapping of name to nn.Module
+        The models (never moved or modified: copies are timed).
+    input_size : (C, H, W)
+        Size of one input image.
+    batch_size : int
+        Images per pass.
+    runtime : {"eager", "onnxruntime"}
+        PyTorch eager on ``device``, or an ONNX Runtime CPU session.
+    device : str or torch.device
+        Eager only: where to time.
+    threads : int, optional
+        Intra-op threads (default: PyTorch's current count).
+    repeats : int
+        Timed passes per model, split over ``rounds`` (at least 3 per round).
+    rounds : int
+        Rounds of the spread check (at least 2 for a ratio to be checked).
+    precision, channels_last
+        Eager only, as in :class:`tridim.training.device.Execution`.
+
+    Returns
+    -------
+    dict
+        ``{"models": {name: {"median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms",
+        "repeats", "round_ms", "spread"}}, "state": {...}}``; ``state`` holds the
+        process, allocator, threads, runtime settings, ``attempts``, ``max_spread`` and
+        ``stable`` (every model's spread within :data:`SPREAD_LIMIT`).
+    """
+    from tridim.cost.runtimes import check_runtime
+
+    check_runtime(runtime)
+    size = check_input_size(input_size)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for name, value in (("repeats", repeats), ("rounds", rounds)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if not models:
+        raise ValueError("time_models needs at least one model")
+    execution = Execution.of(device, precision, channels_last)
+    on_cpu = runtime == "onnxruntime" or execution.device.type == "cpu"
+    request = {
+        "runtime": runtime,
+        "device": "cpu" if runtime == "onnxruntime" else str(execution.device),
+        "input_size": list(size),
+        "batch_size": batch_size,
+        "threads": int(threads or torch.get_num_threads()),
+        "rounds": rounds,
+        "per_round": max(3, -(-repeats // rounds)),
+        "precision": execution.precision,
+        "channels_last": execution.channels_last,
+    }
+    setup = current_setup()
+    why_in_process = None
+    if not on_cpu:
+        why_in_process = f"{execution.device.type} timings run in the caller's process"
+    elif setup.process == "in-process":
+        why_in_process = "configured"
+    if why_in_process is None:
+        payload = _payload(models, request)
+        if isinstance(payload, str):
+            why_in_process = payload
+        else:
+            with _lock:
+                answer = _worker_for(setup).ask(payload)
+            if "error" not in answer:
+                return answer
+            why_in_process = answer["error"]
+    runners = {name: _runner(model, request) for name, model in models.items()}
+    result = _measure(runners, request)
+    result["state"].update(
+        process="in-process", allocator="the caller's", why_in_process=why_in_process
+    )
+    return result
+
+
+# ---------------------------------------------------------------- measuring
+
+
+def _measure(runners: Mapping[str, contextlib.AbstractContextManager], request: dict) -> dict:
+    """Warm up each runner, then alternating rounds with the spread check."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(request["threads"])
+    try:
+        with contextlib.ExitStack() as stack:
+            runs = {name: stack.enter_context(runner) for name, runner in runners.items()}
+            for run in runs.values():
+                _warm_up(run)
+            best, attempts = None, 0
+            while attempts < MAX_ATTEMPTS:
+                attempts += 1
+                passes = _rounds(runs, request["rounds"], request["per_round"])
+                spreads = {name: _spread(rounds) for name, rounds in passes.items()}
+                if best is None or max(spreads.values()) < max(best[1].values()):
+                    best = (passes, spreads)
+                if max(spreads.values()) <= SPREAD_LIMIT:
+                    break
+    finally:
+        torch.set_num_threads(previous)
+    passes, spreads = best
+    max_spread = max(spreads.values())
+    return {
+        "models": {name: _summary(rounds, spreads[name]) for name, rounds in passes.items()},
+        "state": {
+            "runtime": request["runtime"],
+            "device": request["device"],
+            "threads": request["threads"],
+            "precision": request["precision"],
+            "channels_last": request["channels_last"],
+            **(_ORT_SETTINGS if request["runtime"] == "onnxruntime" else {}),
+            "attempts": attempts,
+            "max_spread": max_spread,
+            "stable": max_spread <= SPREAD_LIMIT,
+        },
+    }
+
+
+def _warm_up(run: Callable[[], float], group: int = 3, most: int = 10, seconds: float = 3.0):
+    """Groups of passes until two consecutive group medians agree within 5%."""
+    began, last = time.perf_counter(), None
+    for _ in range(most):
+        median = statistics.median(run() for _ in range(group))
+        if last is not None and abs(median - last) <= 0.05 * last:
+            return
+        if time.perf_counter() - began > seconds:
+            return
+        last = median
+
+
+def _rounds(runs: Mapping[str, Callable[[], float]], rounds: int, per_round: int) -> dict:
+    names = list(runs)
+    passes = {name: [] for name in names}
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else reversed(names):
+            passes[name].append([runs[name]() for _ in range(per_round)])
+    return passes
+
+
+def _spread(rounds: list[list[float]]) -> float:
+    medians = [statistics.median(r) for r in rounds]
+    return (max(medians) - min(medians)) / statistics.median(medians)
+
+
+def _summary(rounds: list[list[float]], spread: float) -> dict:
+    times = sorted(t for r in rounds for t in r)
+    return {
+        "median_ms": float(np.median(times)),
+        "min_ms": times[0],
+        "max_ms": times[-1],
+        "q1_ms": float(np.percentile(times, 25)),
+        "q3_ms": float(np.percentile(times, 75)),
+        "repeats": len(times),
+        "round_ms": [statistics.median(r) for r in rounds],
+        "spread": spread,
+    }
+
+
+def time_one(model: nn.Module, input_size: Sequence[int], batch_size: int = 1, **options) -> dict:
+    """One model timed by :func:`time_models` (3 rounds), flattened: ``{"batch_size",
+    "median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats", "spread", "state"}``."""
+    result = time_models({"model": model}, input_size, batch_size, rounds=3, **options)
+    timing = result["models"]["model"]
+    keys = ("median_ms", "min_ms", "max_ms", "q1_ms", "q3_ms", "repeats", "spread")
+    return {"batch_size": batch_size, **{k: timing[k] for k in keys}, "state": result["state"]}
+
+
+def ratio_of(result: dict, model: str, base: str) -> float:
+    """The median over rounds of ``model``'s round median / ``base``'s."""
+    ours = result["models"][model]["round_ms"]
+    theirs = result["models"][base]["round_ms"]
+    return float(np.median([a / b for a, b in zip(ours, theirs)]))
+
+
+# ----------------------------------------------------------------- runners
+
+_ORT_SETTINGS = {
+    "ort_inter_op_threads": 1,
+    "ort_execution_mode": "sequential",
+    "ort_allow_spinning": False,
+}
+
+
+@contextlib.contextmanager
+def _runner(model, request: dict):
+    """A callable running one pass and returning its milliseconds."""
+    if request["runtime"] == "onnxruntime":
+        onnx = model if isinstance(model, bytes) else _onnx_bytes(model, request)
+        yield _onnxruntime_run(onnx, request)
+        return
+    execution = Execution.of(request["device"], request["precision"], request["channels_last"])
+    if model_device(model) != execution.device or execution.channels_last:
+        model = copy.deepcopy(model)
+    device = execution.place(model)
+    x = execution.batch(torch.randn(request["batch_size"], *request["input_size"]), device)
+    with torch.inference_mode(), execution.autocast(device), eval_mode(model):
+        yield lambda: _timed(model, x, device)
+
+
+def _timed(model: nn.Module, x: torch.Tensor, device: torch.device) -> float:
+    """Milliseconds of one forward pass, the device's queue drained before and after."""
+    if device.type == "cuda":
+        with torch.cuda.device(device):  # events record on the current device's stream
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize(device)
+            start.record()
+            model(x)
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))
+    synchronize(device)
+    begin = time.perf_counter()
+    model(x)
+    synchronize(device)
+    return (time.perf_counter() - begin) * 1000.0
+
+
+def _onnx_bytes(model: nn.Module, request: dict) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="tridim-ort-") as folder:
+        path = Path(folder) / "model.onnx"
+        with warnings.catch_warnings():  # the exporter's notes on in-place ops
+            warnings.simplefilter("ignore")
+            write_onnx(copy.deepcopy(model).cpu(), path, tuple(request["input_size"]))
+        return path.read_bytes()
+
+
+def _onnxruntime_run(onnx: bytes, request: dict) -> Callable[[], float]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = request["threads"]
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3
+    # Spinning threads of one session steal the cores of the next (2.5x slower on 2 cores).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
+    shape = (request["batch_size"], *request["input_size"])
+    feed = {"input": np.random.default_rng(0).standard_normal(shape, "float32")}
+
+    def run() -> float:
+        begin = time.perf_counter()
+        session.run(None, feed)
+        return (time.perf_counter() - begin) * 1000.0
+
+    return run
+
+
+# ------------------------------------------------------ the timing subprocess
+
+
+def _payload(models: Mapping[str, nn.Module], request: dict) -> bytes | str:
+    """The request as bytes for the worker, or why it cannot be sent."""
+    if request["runtime"] == "onnxruntime":
+        sent = {name: _onnx_bytes(model, request) for name, model in models.items()}
+    else:
+        sent = {name: copy.deepcopy(model).cpu() for name, model in models.items()}
+        for name, model in sent.items():
+            module = type(model).__module__
+            if module == "__main__" or any(
+                type(m).__module__ == "__main__" for m in model.modules()
+            ):
+                return f"model {name!r} has a class defined in __main__"
+    buffer = io.BytesIO()
+    try:
+        torch.save({"request": request, "models": sent}, buffer)
+    except Exception as error:  # noqa: BLE001  (any pickling failure: time in-process)
+        return f"the models cannot be sent to the timing process: {error}"
+    return buffer.getvalue()
+
+
+class _Worker:
+    """The timing subprocess: length-prefixed requests in, JSON answers out."""
+
+    def __init__(self, setup: TimingSetup) -> None:
+        self.setup = setup
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["TRIDIM_TIMING_ALLOCATOR"] = setup.allocator
+        if setup.allocator not in ALLOCATORS:
+            env["LD_PRELOAD"] = setup.allocator
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tridim.cost.timing"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+        )
+
+    def ask(self, payload: bytes) -> dict:
+        try:
+            _write_frame(self.process.stdin, payload)
+            return json.loads(_read_frame(self.process.stdout))
+        except (OSError, EOFError, ValueError) as error:
+            self.log.seek(0)
+            tail = self.log.read().decode(errors="replace").strip().splitlines()[-3:]
+            self.close()
+            return {"error": f"the timing process failed ({error}): {' / '.join(tail)}"}
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def _worker_for(setup: TimingSetup) -> _Worker:
+    global _worker
+    if _worker is None or _worker.setup != setup or not _worker.alive():
+        _close_worker()
+        _worker = _Worker(setup)
+    return _worker
+
+
+def start_worker() -> None:
+    """Start the timing subprocess now, so that its start (a fresh interpreter importing
+    torch, about 1.5 s) overlaps the caller's work instead of delaying the first timing.
+
+    Does nothing when timings run in-process (:func:`configure`) or the worker runs.
+    """
+    setup = current_setup()
+    if setup.process == "subprocess":
+        with _lock:
+            _worker_for(setup)
+
+
+def _close_worker() -> None:
+    global _worker
+    if _worker is not None:
+        _worker.close()
+        _worker = None
+
+
+atexit.register(_close_worker)
+
+
+def _write_frame(stream, data: bytes) -> None:
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_frame(stream) -> bytes:
+    header = stream.read(8)
+    if len(header) < 8:
+        raise EOFError("the timing process closed its output")
+    (length,) = struct.unpack("<Q", header)
+    data = stream.read(length)
+    if len(data) < length:
+        raise EOFError("the timing process stopped mid-answer")
+    return data
+
+
+def _fix_heap() -> dict:
+    """Pin glibc's mmap and trim thresholds; returns what glibc accepted."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return {"allocator": "fixed-heap (not glibc: left as it is)"}
+    accepted = {}
+    for name, option, values in (
+        ("mmap_threshold", _M_MMAP_THRESHOLD, (1 << 30, 1 << 25)),
+        ("trim_threshold", _M_TRIM_THRESHOLD, (1 << 31, 1 << 30)),
+    ):
+        accepted[name] = next((v for v in values if libc.mallopt(option, v) == 1), None)
+    return {"allocator": "fixed-heap", **accepted}
+
+
+def serve(stdin=None, stdout=None) -> None:
+    """The timing subprocess's loop: answer requests until the input closes."""
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    allocator = os.environ.get("TRIDIM_TIMING_ALLOCATOR", "system")
+    if allocator == "fixed-heap":
+        state = _fix_heap()
+    else:
+        state = {"allocator": allocator}
+    state["process"] = "subprocess"
+    warnings.simplefilter("ignore")
+    while True:
+        try:
+            frame = _read_frame(stdin)
+        except EOFError:
+            return
+        try:
+            # The payload comes from the parent process over its own pipe, never from a file.
+            message = torch.load(io.BytesIO(frame), weights_only=False)
+        except Exception as error:  # noqa: BLE001  (e.g. a class this process cannot import)
+            _write_frame(stdout, json.dumps({"error": f"cannot load the models: {error}"}).encode())
+            continue
+        request = message["request"]
+        runners = {name: _runner(m, request) for name, m in message["models"].items()}
+        result = _measure(runners, request)
+        result["state"].update(state)
+        _write_frame(stdout, json.dumps(result).encode())
+
+
+if __name__ == "__main__":
+    serve()
