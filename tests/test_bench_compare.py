@@ -9,7 +9,8 @@ import json
 import pytest
 
 from tridim.bench.compare import METHODS, plateau_schedule, run_compare_bench
-from tridim.cli import COMPARE_DEFAULTS, QUICK_COMPARE_DEFAULTS, build_parser, main
+from tridim.cli import build_parser, main
+from tridim.cli.bench_compare import COMPARE_DEFAULTS, QUICK_COMPARE_DEFAULTS
 from tridim.search.predictor import LowRankPolynomialRegressor
 
 

@@ -11,14 +11,9 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tridim.bench.oracle import criterion_oracle_correlation, oracle_scores
 from tridim.cost.macs import count_macs, count_params
-from tridim.prune.criteria import (
-    CRITERIA,
-    criterion_oracle_correlation,
-    get_criterion,
-    oracle_scores,
-    score_groups,
-)
+from tridim.prune.criteria import CRITERIA, get_criterion, score_groups
 from tridim.prune.groups import channel_groups
 from tridim.prune.realise import realise
 from tridim.prune.slimming import prune_iteratively

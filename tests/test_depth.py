@@ -9,7 +9,7 @@ from torchvision.models import mobilenetv2, resnet
 from torchvision.ops import StochasticDepth
 
 from tridim.cost.macs import count_macs
-from tridim.prune import depth
+from tridim.prune import blocks
 from tridim.prune.depth import (
     block_gains,
     find_blocks,
@@ -184,8 +184,8 @@ def test_structure_finds_the_blocks_of_the_known_classes(name):
     model = build(name, 10, 3)
     size = (3, 32, 32)
     by_class = find_blocks(model, input_size=size)
-    assert by_class == depth._blocks_by_class(model, [], size)  # the fast path is taken
-    assert depth._structural_blocks(model, [], size) == by_class
+    assert by_class == blocks._blocks_by_class(model, [], size)  # the fast path is taken
+    assert blocks._structural_blocks(model, [], size) == by_class
 
 
 class _PreAct(nn.Module):
@@ -311,6 +311,6 @@ def test_structure_skips_chains_and_keeps_blocks_the_model_needs():
 
 def test_identity_at_zero_refuses_a_zero_example():
     block = _PreAct(4).eval()
-    assert depth._is_identity_at_zero(block, torch.randn(1, 4, 5, 5))
-    assert not depth._is_identity_at_zero(block, torch.zeros(1, 4, 5, 5))
-    assert not depth._is_identity_at_zero(_Gate(4), torch.randn(1, 4, 5, 5))
+    assert blocks._is_identity_at_zero(block, torch.randn(1, 4, 5, 5))
+    assert not blocks._is_identity_at_zero(block, torch.zeros(1, 4, 5, 5))
+    assert not blocks._is_identity_at_zero(_Gate(4), torch.randn(1, 4, 5, 5))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import textwrap
@@ -164,3 +165,12 @@ def test_each_layer_says_what_it_is_for_and_no_file_is_long():
         if (n := len(p.read_text().splitlines())) > 700
     }
     assert not long, long
+
+
+def test_every_file_the_readme_names_exists():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    named = set(re.findall(r"tridim/[\w/]+\.py|tridim/\w+/(?=[`\s)])", readme))
+    for row in re.findall(r"^\| `(tridim/\w+/)` \|(.*)$", readme, flags=re.M):
+        named.update(row[0] + name for name in re.findall(r"`(\w+\.py)`", row[1]))
+    missing = sorted(name for name in named if not (PACKAGE.parent / name).exists())
+    assert not missing, missing

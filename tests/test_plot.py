@@ -280,7 +280,7 @@ def test_missing_matplotlib_gives_install_hint(run, monkeypatch):
 def test_module_imports_without_matplotlib_or_torch():
     code = (
         "import sys; sys.modules['matplotlib'] = None\n"
-        "import tridim.run.plot, tridim.report\n"
+        "import tridim.run.plot, tridim.run.report\n"
         "assert 'torch' not in sys.modules, 'tridim.plot imported torch'\n"
         "assert 'tridim.bench' not in sys.modules, 'the library imported the benchmark'\n"
     )

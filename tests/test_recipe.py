@@ -14,8 +14,8 @@ from tridim.run.collect import collect
 from tridim.run.optimize import WIDTH_STEP, settled
 from tridim.run.store import RunStore
 from tridim.search.design import mixed_triples, simplex_splits
-from tridim.search.predictor import TooFewSamples, select_on_samples
 from tridim.search.samples import Sample
+from tridim.search.selection import TooFewSamples, select_on_samples
 from tridim.search.space import Triple
 
 

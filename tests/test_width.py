@@ -418,7 +418,7 @@ def test_layer_geometry():
     assert macs == count_macs(model, SIZE)
 
 
-DIMS = Path(__file__).resolve().parent.parent / "tridim" / "dims"
+DIMS = Path(__file__).resolve().parent.parent / "tridim" / "prune"
 
 
 def _imported_modules(path: Path) -> set[str]:
@@ -428,7 +428,7 @@ def _imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
-            package = ["tridim", "dims"][: 3 - node.level] if node.level else []
+            package = ["tridim", "prune"][: 3 - node.level] if node.level else []
             base = ".".join(package + ([node.module] if node.module else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)

@@ -21,7 +21,9 @@ import subprocess
 import sys
 import time
 
-__all__ = ["run_allocator_bench", "CASES"]
+from tridim.bench.tables import markdown_table
+
+__all__ = ["format_table", "run_allocator_bench", "CASES"]
 
 CASES = ("eager-system", "eager-fixed-heap", "onnxruntime-spinning", "onnxruntime-no-spinning")
 SIZE = (1, 28, 28)
@@ -132,3 +134,16 @@ if __name__ == "__main__":
     else:
         result = _onnxruntime(case == "onnxruntime-spinning")
     print(json.dumps(result))
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_allocator_bench` as the command line prints it."""
+    keys = ("case", "fresh_ms", "after_training_ms", "two_sessions_ms")
+    config = result["config"]
+    note = (
+        f"milliseconds per batch of {config['batch']}, median of 15 passes, "
+        f"median over {config['repeats']} fresh processes."
+    )
+    return "\n".join(
+        [markdown_table([{k: row.get(k) for k in keys} for row in result["rows"]]), note]
+    )

@@ -15,12 +15,13 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs
 from tridim.cost.timing import ratio_of, time_models
 from tridim.prune.width import prune_width_to_macs
 from tridim.training.models import build
 
-__all__ = ["run_channels_bench", "DEFAULT_MODELS"]
+__all__ = ["format_table", "run_channels_bench", "DEFAULT_MODELS"]
 
 #: (name, build options, input size): ResNet-20 on 28x28 grey images, the same at twice
 #: the width, and ResNet-56 on 32x32 colour images.
@@ -107,3 +108,15 @@ def run_channels_bench(
         },
         "rows": rows,
     }
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_channels_bench` as the command line prints it."""
+    keys = ("model", "target", "runtime", "batch", "macs_ratio_any", "macs_ratio_x8")
+    keys += ("speedup_any", "speedup_x8", "x8_over_any", "stable")
+    note = (
+        "speedup: base / pruned latency, timed together in alternating rounds by "
+        "tridim.cost.timing; x8_over_any: the multiples-of-8 model's speed-up / the any-count "
+        f"model's; {result['config']['threads']} threads."
+    )
+    return "\n".join([markdown_table([{k: row[k] for k in keys} for row in result["rows"]]), note])

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs, count_params
 from tridim.cost.timing import time_models
 from tridim.prune.depth import block_gains, blocks_to_keep, find_blocks
@@ -35,7 +36,7 @@ from tridim.training.data import DataBundle, load
 from tridim.training.models import CIFAR_RESNET_DEPTHS, build
 from tridim.training.train import evaluate, train
 
-__all__ = ["run_dims_bench", "DEFAULT_BASE_EPOCHS"]
+__all__ = ["format_table", "run_dims_bench", "DEFAULT_BASE_EPOCHS"]
 
 #: Epochs of base-model training per dataset when ``base_epochs`` is not given.
 DEFAULT_BASE_EPOCHS = {"digits": 15, "fashion-mnist": 10}
@@ -321,3 +322,37 @@ def run_dims_bench(
         "rows": rows,
         "seconds": time.perf_counter() - started,
     }
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_dims_bench` as the command line prints it."""
+    config = result["config"]
+    rows = []
+    for row in [result["base"], *result["rows"]]:
+        realised = row.get("realised") or {}
+        rows.append(
+            {
+                "variant": row["name"],
+                "d": realised.get("d"),
+                "w": realised.get("w"),
+                "r": realised.get("r"),
+                "accuracy": row["accuracy"],
+                "acc_before_ft": row.get("accuracy_before_finetune"),
+                "macs_ratio": row["macs_ratio"],
+                "params": row["params"],
+                "ms_b1": row["latency_ms_b1"],
+                "ms_b64": row["latency_ms_b64"],
+                "speedup_b1": row["speedup_b1"],
+                "speedup_b64": row["speedup_b64"],
+            }
+        )
+    head = (
+        f"tridim bench dims: {config['model']} on {config['data']} "
+        f"{'x'.join(map(str, config['input_size']))}, target MACs ratio {config['target']:g}, "
+        f"base {config['base_epochs']} epochs, finetune {config['epochs']} epochs"
+    )
+    note = (
+        "MACs: conv + linear, ratio to the base; accuracy: test, after finetuning; "
+        "latency: median CPU forward time; speed-up over the base."
+    )
+    return "\n".join([head, markdown_table(rows), note])

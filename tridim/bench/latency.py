@@ -26,13 +26,14 @@ import torch
 import torch.nn as nn
 
 import tridim
+from tridim.bench.tables import markdown_table
 from tridim.budget.latency import LatencyBudget
 from tridim.cost.latency import LatencyTable
 from tridim.training.data import DataBundle, load
 from tridim.training.models import build
 from tridim.training.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
-__all__ = ["run_latency_bench", "bench_setup"]
+__all__ = ["format_table", "run_latency_bench", "bench_setup"]
 
 
 def run_latency_bench(
@@ -174,3 +175,37 @@ def _row(name, result, base: nn.Module, data, table: LatencyTable, runtime, repe
         "table_error": predicted_ms / at_batch["model_ms"] - 1.0,
         "seconds": report["seconds"],
     }
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_latency_bench` as the command line prints it."""
+    config = result["config"]
+    batch = config["latency_batch"]
+    rows = [
+        {
+            "run": row["name"],
+            "d": row["triple"]["d"],
+            "w": row["triple"]["w"],
+            "r": row["triple"]["r"],
+            "accuracy": row["accuracy"],
+            "macs_ratio": row["macs_ratio"],
+            "analytic": row["analytic_flops_ratio"],
+            "speedup_b1": row["speedup"]["batch_1"],
+            f"speedup_b{batch}": row["speedup"][f"batch_{batch}"],
+            "predicted": row["budget"].get("predicted_speedup"),
+            "table_error": row["table_error"],
+        }
+        for row in result["rows"]
+    ]
+    head = (
+        f"tridim bench latency: {config['model']} on {config['data']} "
+        f"({config['train_examples']} training images), base {result['base']['epochs']} epochs "
+        f"(test accuracy {result['base']['accuracy']:.4f}), runtime {config['runtime']}, "
+        f"{config['threads']} threads"
+    )
+    note = (
+        "accuracy: test, after the final finetune; speed-up: base / final latency, timed "
+        "against the base in alternating rounds; predicted: the latency table's speed-up; "
+        "table_error: table-predicted / measured latency of the final model - 1."
+    )
+    return "\n".join([head, markdown_table(rows), note])

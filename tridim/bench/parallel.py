@@ -17,9 +17,10 @@ import time
 
 import tridim
 from tridim.bench.latency import bench_setup
+from tridim.bench.tables import markdown_table
 from tridim.run.cluster import available_cores
 
-__all__ = ["run_parallel_bench"]
+__all__ = ["format_table", "run_parallel_bench"]
 
 
 def run_parallel_bench(
@@ -84,3 +85,21 @@ def run_parallel_bench(
         "processes_speedup": medians["this process"] / medians["processes"],
         "max_accuracy_difference": difference,
     }
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_parallel_bench` as the command line prints it."""
+    config = result["config"]
+    rows = [
+        {"run": name, "median_s": result["median_seconds"][name], "runs_s": result["seconds"][name]}
+        for name in result["seconds"]
+    ]
+    head = (
+        f"tridim bench parallel: {config['trials']} trials of {config['epochs_per_step']} "
+        f"epoch(s) on {config['train_examples']} {config['data']} images, {config['cores']} cores"
+    )
+    note = (
+        f"processes are {result['processes_speedup']:.2f}x as fast; largest sample accuracy "
+        f"difference {result['max_accuracy_difference']:.4f}"
+    )
+    return "\n".join([head, markdown_table(rows), note])

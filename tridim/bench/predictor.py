@@ -32,6 +32,7 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
+from tridim.bench.tables import markdown_table
 from tridim.run.report import as_sample
 from tridim.search.predictor import LowRankPolynomialRegressor, leave_one_out_residuals, rms
 from tridim.search.samples import Sample, read_samples, samples_to_xy
@@ -39,6 +40,7 @@ from tridim.search.solver import solve
 from tridim.search.space import Bounds
 
 __all__ = [
+    "format_table",
     "compare_models",
     "run_predictor_bench",
     "baseline_models",
@@ -255,3 +257,8 @@ _COLUMNS = (
 
 def _ordered(row: dict[str, Any]) -> dict[str, Any]:
     return {column: row.get(column) for column in _COLUMNS}
+
+
+def format_table(rows: list[dict]) -> str:
+    """The rows of :func:`run_predictor_bench` as the command line prints them."""
+    return markdown_table(rows)

@@ -20,12 +20,13 @@ from scipy.stats import spearmanr
 
 import tridim
 from tridim.bench.latency import bench_setup
+from tridim.bench.tables import markdown_table
 from tridim.budget.cost_model import CostModel, macs_cost
 from tridim.run.compute import stage_cost
-from tridim.search.predictor import choose_and_fit
+from tridim.search.selection import choose_and_fit
 from tridim.search.solver import solve
 
-__all__ = ["run_proxy_bench"]
+__all__ = ["format_table", "run_proxy_bench"]
 
 
 def run_proxy_bench(
@@ -98,3 +99,31 @@ def run_proxy_bench(
         "base": base_record,
         "runs": list(runs.values()),
     }
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_proxy_bench` as the command line prints it."""
+    config = result["config"]
+    rows = [
+        {
+            "fraction": run["fraction"],
+            "seconds": run["seconds"],
+            "base_trainings": run["base_trainings"],
+            "spearman_vs_full": run["spearman_vs_full"],
+            "d": run["solved_triple"]["d"],
+            "w": run["solved_triple"]["w"],
+            "r": run["solved_triple"]["r"],
+            "same_triple": run["same_triple_as_full"],
+        }
+        for run in result["runs"]
+    ]
+    head = (
+        f"tridim bench proxy: {config['model']} on {config['data']} "
+        f"({config['train_examples']} training images), target {config['target']:g}, "
+        f"base {result['base']['epochs']} epochs (test accuracy {result['base']['accuracy']:.4f})"
+    )
+    note = (
+        "base_trainings: the collection's cost (tridim.run.compute); spearman_vs_full: over the "
+        "same triples' sample accuracies; d, w, r: the triple its predictor solves for."
+    )
+    return "\n".join([head, markdown_table(rows), note])

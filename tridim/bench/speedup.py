@@ -25,11 +25,12 @@ import sys
 import tridim
 from tridim.atomic import atomic_write_json
 from tridim.bench.latency import bench_setup
+from tridim.bench.tables import markdown_table
 from tridim.cost.runtimes import time_ratio
 from tridim.training.models import build
 from tridim.training.train import load_checkpoint
 
-__all__ = ["run_speedup_bench"]
+__all__ = ["format_table", "run_speedup_bench"]
 
 
 def run_speedup_bench(
@@ -172,3 +173,38 @@ def _time_in_this_process(request: dict) -> dict:
 
 if __name__ == "__main__":
     print(json.dumps(_time_in_this_process(json.loads(sys.argv[1]))))
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_speedup_bench` as the command line prints it."""
+    config = result["config"]
+    rows = [
+        {
+            "runtime": cell["runtime"],
+            "run": cell["run"],
+            "d": cell["triple"]["d"],
+            "w": cell["triple"]["w"],
+            "r": cell["triple"]["r"],
+            "accuracy": cell["accuracy"],
+            "optimize": cell["optimize"],
+            "bench_compare": cell["bench_compare"],
+            "fresh_process": cell["fresh_process"],
+            "off_target": cell["off_target"],
+            "disagreement": cell["disagreement"],
+            "base_ms_fresh": cell["base_ms"]["fresh_process"],
+        }
+        for cell in result["cells"]
+    ]
+    head = (
+        f"tridim bench speedup: {config['model']} on {config['data']}, base "
+        f"{result['base']['epochs']} epochs (test accuracy {result['base']['accuracy']:.4f}), "
+        f"target {config['target_speedup']:g}x at batch {config['latency_batch']}"
+    )
+    note = (
+        f"speed-ups: base / final latency at batch {config['latency_batch']}, timed in "
+        "alternating rounds by tridim.cost.timing; off_target: the largest |speed-up / target - 1| "
+        "of the three; disagreement: largest / smallest of the three - 1. "
+        f"Largest off_target {result['max_off_target']:.1%}, "
+        f"largest disagreement {result['max_disagreement']:.1%}."
+    )
+    return "\n".join([head, markdown_table(rows), note])

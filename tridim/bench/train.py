@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tridim.bench.tables import markdown_table
 from tridim.training import data as datasets
 from tridim.training import models
 from tridim.training.device import Execution
@@ -226,3 +227,42 @@ def _evaluation_rows(model: nn.Module, bundle, repeats: int) -> list[dict]:
         }
         for size, mode in EVAL_OPTIONS
     ]
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_train_bench` as the command line prints it."""
+    config = result["config"]
+    rows = [
+        {
+            "loop": r["loop"],
+            "median_s": r["median_s"],
+            "runs_s": ", ".join(f"{t:.2f}" for t in r["runs_s"]),
+        }
+        for r in result["rows"]
+    ]
+    head = (
+        f"tridim bench train: {config['model']} on {config['data']}, {config['epochs']} "
+        f"epochs x {config['repeats']} runs per loop, batch {config['batch_size']}, "
+        f"{config['device']} {config['precision']}, {config['threads']} threads"
+    )
+    note = f"overhead of tridim.train: {result['overhead']:+.1%}"
+    return "\n".join([head, markdown_table(rows), note])
+
+
+def format_options_table(result: dict) -> str:
+    """The result of :func:`run_train_options_bench` as the command line prints it."""
+    config = result["config"]
+    keys = ("option", "median_s", "speedup", "accuracy")
+    head = (
+        f"tridim bench train --sweep: {config['model']} on {config['data']}, "
+        f"{config['epochs']} epochs x {config['repeats']} runs per option, "
+        f"batch {config['batch_size']}, cpu, {config['threads']} threads"
+    )
+    return "\n".join(
+        [
+            head,
+            markdown_table([{k: row[k] for k in keys} for row in result["train"]]),
+            markdown_table(result["evaluate"]),
+            "speedup: against the first row; evaluation: one pass over the test split.",
+        ]
+    )

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 
 import torch
 
+from tridim.bench.oracle import MOLCHANOV_REFERENCE, criterion_oracle_correlation
+from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs, count_params
-from tridim.prune.criteria import CRITERIA, MOLCHANOV_REFERENCE, criterion_oracle_correlation
+from tridim.prune.criteria import CRITERIA
 from tridim.prune.groups import channel_groups
 from tridim.prune.slimming import prune_iteratively
 from tridim.prune.width import prune_width_to_macs
@@ -22,7 +24,7 @@ from tridim.training.data import load
 from tridim.training.models import CIFAR_RESNET_DEPTHS, build
 from tridim.training.train import evaluate, train
 
-__all__ = ["run_width_bench", "REFERENCE"]
+__all__ = ["format_table", "run_width_bench", "REFERENCE"]
 
 #: Published figures quoted next to the results.
 REFERENCE = {
@@ -194,7 +196,7 @@ def run_width_bench(
         Hide progress bars.
     oracle_layers : sequence of str, optional
         Group roots for the oracle table (default: four groups spread from the first to
-        the last; see :func:`tridim.prune.criteria.criterion_oracle_correlation` for the cost).
+        the last; see :func:`tridim.bench.oracle.criterion_oracle_correlation` for the cost).
     criteria : sequence of str
         Criteria to compare (one row each).
     iterative : bool
@@ -239,3 +241,36 @@ def run_width_bench(
         )
     result["oracle"] = _oracle(base, data, criteria, oracle_layers, oracle_batches, seed)
     return result
+
+
+def format_table(result: dict) -> str:
+    """The result of :func:`run_width_bench` as the command line prints it."""
+    base, config = result["base"], result["config"]
+    columns = ["criterion", "macs_ratio", "params", "acc_before_finetune", "acc_after", "seconds"]
+    lines = [
+        f"base {config['model']} on {config['data']}: accuracy {base['accuracy']:.4f}, "
+        f"{base['macs']:,} MACs (conv + linear), {base['params']:,} params; "
+        f"target MACs ratio {config['target']}, finetune {config['epochs']} epochs",
+        markdown_table(result["rows"], columns),
+    ]
+    oracle = result.get("oracle")
+    if oracle:
+        rows = [
+            {
+                "criterion": name,
+                "mean_per_layer": oracle["mean_per_layer"][name],
+                "all_layers_raw": values["raw"],
+                "all_layers_l2": values["l2"],
+            }
+            for name, values in oracle["overall"].items()
+        ]
+        ref = result["reference"]["molchanov_oracle_spearman"]
+        low, high = ref["others_range"]
+        lines += [
+            f"\nSpearman correlation with the oracle (|change in loss| when one channel is "
+            f"zeroed; {oracle['channels']} channels in {len(oracle['layers'])} groups, "
+            f"{oracle['n_batches']} batches, {oracle['seconds']:.0f} s)",
+            markdown_table(rows),
+            f"reference ({ref['source']}): taylor {ref['taylor']}, others {low}-{high}",
+        ]
+    return "\n".join(lines)

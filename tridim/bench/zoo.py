@@ -19,6 +19,7 @@ not explain: a bug to fix). Nothing here is imported by the library.
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -28,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from tridim.bench.tables import markdown_table
 from tridim.run.collect import auto_criterion
 
 STEPS = ("width", "depth", "resolution", "realise", "reload")
@@ -254,3 +256,23 @@ def summary(rows: Sequence[dict]) -> dict[str, dict[str, int]]:
             tally[kind] = tally.get(kind, 0) + 1
         counts[step] = tally
     return counts
+
+
+#: The columns of the sweep's table.
+COLUMNS = (
+    "model",
+    "params_m",
+    "input",
+    "criterion",
+    "width",
+    "depth",
+    "resolution",
+    "realise",
+    "reload",
+    "seconds",
+)
+
+
+def format_table(rows: Sequence[dict]) -> str:
+    """The sweep's rows as the command line prints them: the table, then the summary as JSON."""
+    return "\n".join([markdown_table(list(rows), list(COLUMNS)), json.dumps(summary(rows))])

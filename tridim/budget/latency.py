@@ -85,10 +85,9 @@ class LatencyBudget:
             raise ValueError(
                 f"target_latency_ms must be a positive number, got {self.target_latency_ms!r}"
             )
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int):
-            raise ValueError(f"latency_batch must be a positive integer, got {self.batch_size!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"latency_batch must be a positive integer, got {self.batch_size!r}")
+        batch = self.batch_size
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"latency_batch must be a positive integer, got {batch!r}")
         check_runtime(self.runtime)
         if not 0 < self.tolerance < 0.5:
             raise ValueError(f"tolerance must be in (0, 0.5), got {self.tolerance!r}")
@@ -112,28 +111,24 @@ class LatencyBudget:
     def compare(self, model: nn.Module, base: nn.Module, input_size: Sequence[int]) -> dict:
         """``model``'s latency as a ratio of ``base``'s, timed in alternating rounds
         (:func:`tridim.cost.runtimes.time_ratio`)."""
-        return time_ratio(
-            model,
-            base,
-            input_size,
-            self.batch_size,
-            runtime=self.runtime,
-            device=self.device,
-            threads=self.threads,
-            repeats=self.repeats,
-        )
+        return time_ratio(model, base, input_size, self.batch_size, **self._timing_options())
 
     def table(self) -> LatencyTable:
         """An empty per-layer table for this runtime, device, threads and batch."""
-        return LatencyTable(
-            self.device,
-            self.batch_size,
-            threads=self.threads,
-            repeats=self.repeats,
-            runtime=self.runtime,
-        )
+        return LatencyTable(batch_size=self.batch_size, **self._timing_options())
+
+    def _timing_options(self) -> dict:
+        """How this budget's models are timed (runtime, device, threads, repeats), as
+        :func:`tridim.cost.timing.time_models` and :class:`LatencyTable` take them."""
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "threads": self.threads,
+            "repeats": self.repeats,
+        }
 
     def to_dict(self) -> dict:
+        """The budget's fields (JSON-ready; a run folder's manifest records them)."""
         return asdict(self)
 
 

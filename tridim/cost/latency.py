@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 
 from tridim.atomic import atomic_write_json
+from tridim.cost.macs import layer_macs
 from tridim.cost.runtimes import check_runtime, time_forward
 from tridim.cost.timing import time_models
 from tridim.search.space import check_input_size
@@ -70,15 +71,15 @@ class LayerShape:
         if self.kind not in ("conv", "linear"):
             return 0
         if self.kind == "linear":
-            return self.cin * self.cout
+            return layer_macs(self.cout, self.cin)
         out_h, out_w = (
             (size + 2 * pad - dil * (k - 1) - 1) // s + 1
             for size, pad, dil, k, s in zip(
                 (self.height, self.width), self.padding, self.dilation, self.kernel, self.stride
             )
         )
-        per_output = (self.cin // self.groups) * self.kernel[0] * self.kernel[1]
-        return self.cout * out_h * out_w * per_output
+        kernel = self.kernel[0] * self.kernel[1]
+        return layer_macs(self.cout, self.cin, self.groups, kernel, out_h * out_w)
 
     def build(self, module: nn.Module | None = None) -> tuple[nn.Module, tuple[int, ...]]:
         """A lone layer of this shape and the size ``(C, H, W)`` of one input for it.
@@ -269,15 +270,8 @@ class LatencyTable:
         if len(models) < 2:
             raise ValueError("calibrate needs at least two models of different cost")
         sums = np.array([self.layers_ms(m, input_size) for m in models])
-        timed = time_models(
-            {str(i): m for i, m in enumerate(models)},
-            input_size,
-            self.batch_size,
-            runtime=self.runtime,
-            device=self.device,
-            threads=self.threads,
-            repeats=self.repeats,
-        )
+        models_by_name = {str(i): m for i, m in enumerate(models)}
+        timed = time_models(models_by_name, input_size, self.batch_size, **self._timing())
         measured = np.array([timed["models"][str(i)]["median_ms"] for i in range(len(models))])
         design = np.stack([sums, np.ones_like(sums)], axis=1)
         (scale, overhead), *_ = np.linalg.lstsq(design, measured, rcond=None)
@@ -294,16 +288,17 @@ class LatencyTable:
 
     def time_ms(self, model: nn.Module, input_size: Sequence[int]) -> float:
         """The median measured time of ``model`` on this table's runtime (not moved)."""
-        timing = time_forward(
-            model,
-            input_size,
-            self.batch_size,
-            runtime=self.runtime,
-            device=self.device,
-            threads=self.threads,
-            repeats=self.repeats,
-        )
+        timing = time_forward(model, input_size, self.batch_size, **self._timing())
         return float(timing["median_ms"])
+
+    def _timing(self) -> dict:
+        """How this table times: runtime, device, threads and repeats, as keywords."""
+        return {
+            "runtime": self.runtime,
+            "device": self.device,
+            "threads": self.threads,
+            "repeats": self.repeats,
+        }
 
     # ------------------------------------------------------------------ files
 

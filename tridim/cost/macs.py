@@ -19,7 +19,14 @@ from tridim.search.space import check_input_size
 from tridim.training.device import eval_mode, model_device
 from tridim.training.models import input_size_of
 
-__all__ = ["count_macs", "count_params", "measure_latency", "check_input_size"]
+__all__ = [
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "check_input_size",
+    "layer_macs",
+    "layer_channels",
+]
 
 _MAC_OPS = frozenset({"convolution", "_convolution", "mm", "addmm", "bmm", "baddbmm"})
 
@@ -66,6 +73,60 @@ def count_macs(model: nn.Module, input_size: Sequence[int]) -> int:
         if name in _MAC_OPS:
             total += int(flops)
     return total // 2
+
+
+def layer_macs(
+    out_channels: int, in_channels: int, groups: int = 1, kernel: int = 1, positions: int = 1
+) -> int:
+    """Multiply-accumulates of one convolution or linear layer for one image.
+
+    The one per-layer MACs formula of tridim: every output channel at every output
+    position reads ``in_channels / groups`` input channels over the kernel. The analytic
+    cost models (:attr:`tridim.cost.latency.LayerShape.macs`, the width pruner's MACs
+    prediction and the Taylor criterion's FLOPs regulariser) all use it; it agrees with
+    :func:`count_macs` on convolution and linear layers.
+
+    Parameters
+    ----------
+    out_channels, in_channels : int
+        Output and input channels (features of a linear layer).
+    groups : int
+        Convolution groups (1 for a linear layer).
+    kernel : int
+        Kernel elements, e.g. ``kh * kw`` (1 for a linear layer).
+    positions : int
+        Output positions per image, e.g. ``out_h * out_w`` (1 for a linear layer on a vector).
+
+    Returns
+    -------
+    int
+        ``out_channels * (in_channels // groups) * kernel * positions``.
+
+    Examples
+    --------
+    >>> layer_macs(2, 1, kernel=9, positions=16)
+    288
+    """
+    return out_channels * (in_channels // groups) * kernel * positions
+
+
+def layer_channels(layer: nn.Module) -> tuple[int, int, int]:
+    """The channels of a convolution or linear layer, as :func:`layer_macs` takes them.
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A convolution (``out_channels``, ``in_channels``, ``groups``) or
+        :class:`torch.nn.Linear` (features, one group).
+
+    Returns
+    -------
+    tuple of int
+        ``(out channels, in channels, groups)``.
+    """
+    if isinstance(layer, nn.Linear):
+        return layer.out_features, layer.in_features, 1
+    return layer.out_channels, layer.in_channels, layer.groups
 
 
 def count_params(model: nn.Module, trainable_only: bool = False) -> int:

@@ -58,7 +58,20 @@ from tridim.cost.onnx import write_onnx
 from tridim.search.space import check_input_size
 from tridim.training.device import Execution, eval_mode, model_device, synchronize
 
-__all__ = ["TimingSetup", "configure", "current_setup", "time_models", "time_one", "SPREAD_LIMIT"]
+__all__ = [
+    "TimingSetup",
+    "configure",
+    "current_setup",
+    "time_models",
+    "time_one",
+    "ratio_of",
+    "check_runtime",
+    "RUNTIMES",
+    "SPREAD_LIMIT",
+]
+
+#: The runtimes a model can be timed on (and a latency budget can target).
+RUNTIMES = ("eager", "onnxruntime")
 
 #: Round medians of one model may differ by at most this share of their median.
 SPREAD_LIMIT = 0.15
@@ -137,6 +150,32 @@ def configure(*, allocator: str | None = None, process: str | None = None) -> Ti
     return chosen
 
 
+def check_runtime(runtime: str) -> str:
+    """``runtime`` if known and usable here, else a ValueError saying what to do.
+
+    Parameters
+    ----------
+    runtime : str
+        One of :data:`RUNTIMES`.
+
+    Returns
+    -------
+    str
+        ``runtime``, unchanged.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}; got {runtime!r}")
+    if runtime == "onnxruntime":
+        try:
+            import onnx  # noqa: F401  (the exporter needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "runtime='onnxruntime' needs ONNX Runtime: pip install 'tridim[onnxruntime]'"
+            ) from None
+    return runtime
+
+
 def time_models(
     models: Mapping[str, nn.Module],
     input_size: Sequence[int],
@@ -181,8 +220,6 @@ def time_models(
         process, allocator, threads, runtime settings, ``attempts``, ``max_spread`` and
         ``stable`` (every model's spread within :data:`SPREAD_LIMIT`).
     """
-    from tridim.cost.runtimes import check_runtime
-
     check_runtime(runtime)
     size = check_input_size(input_size)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

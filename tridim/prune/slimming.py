@@ -20,16 +20,10 @@ import torch.nn as nn
 
 from tridim.cost.macs import count_macs
 from tridim.prune.criteria import Criterion
-from tridim.prune.width import (
-    DEFAULT_MIN_KEEP,
-    Ranking,
-    apply_removal,
-    check_min_keep,
-    check_tolerance,
-    choose_for_macs,
-    example_for,
-    rank_channels,
-)
+from tridim.prune.macs_search import choose_for_macs
+from tridim.prune.ranking import Ranking, rank_channels
+from tridim.prune.removal import apply_removal
+from tridim.prune.width import DEFAULT_MIN_KEEP, check_min_keep, check_tolerance, example_for
 from tridim.search.space import check_ratio
 from tridim.training.models import spec_of
 

@@ -18,6 +18,9 @@ the predictor learns from are made the way the final model is.
 
 Every trial is stored as it finishes, and the final finetune keeps an epoch checkpoint,
 so a re-run on the same workdir resumes where the last one stopped.
+
+The arguments are checked before any training by :mod:`tridim.run.optimize_arguments`,
+and the report's figures built by :mod:`tridim.run.optimize_report`.
 """
 
 from __future__ import annotations
@@ -29,45 +32,49 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from tridim.budget.cost_model import CostModel, macs_cost
-from tridim.budget.latency import LatencyBudget, PreparedBudget, prepare_budget
-from tridim.cost.macs import check_input_size, count_macs, count_params
-from tridim.cost.runtimes import check_runtime
-from tridim.cost.timing import SPREAD_LIMIT, ratio_of, start_worker, time_models
+from tridim.budget.latency import PreparedBudget, prepare_budget
+from tridim.cost.macs import check_input_size
+from tridim.cost.timing import start_worker
 from tridim.run.cluster import RayTrials, ray_trials
-from tridim.run.collect import (
-    CollectionSettings,
-    _check_count,
-    depth_can_change,
-    floors,
-    for_run_data,
-    minimum_side,
-    open_run,
-    run_collection,
-    run_data,
+from tridim.run.collect import CollectionSettings, for_run_data, open_run, run_collection, run_data
+from tridim.run.optimize_arguments import (
+    OptimizeSettings,
+    cheapest_ratio,
+    check_predictor_covers,
+    check_reachable,
+    ends_alone,
+    latency_budget_from,
 )
-from tridim.run.compute import compute_record, stage_cost, teacher_cost
+from tridim.run.optimize_report import (
+    budget_record,
+    compute_of_run,
+    context_record,
+    report_record,
+    samples_meaning,
+    time_before_after,
+)
 from tridim.run.progress import Stage
 from tridim.run.report import render_report_markdown
 from tridim.run.store import COST, LATENCY, MODEL, PLAN, REPORT, REPORT_MARKDOWN, RunStore
 from tridim.run.trial import Trial, TrialContext, TrialResult, evaluate_split, run_trial
 from tridim.search.design import DEFAULT_DESIGN
 from tridim.search.plan import Plan
-from tridim.search.predictor import LowRankPolynomialRegressor, choose_and_fit
+from tridim.search.predictor import LowRankPolynomialRegressor
 from tridim.search.samples import Sample
-from tridim.search.solver import CostFunction, Solution, solve
-from tridim.search.space import Triple, flops_cost
+from tridim.search.selection import choose_and_fit
+from tridim.search.solver import Solution, solve
+from tridim.search.space import Triple
 from tridim.training.data import DataBundle
 from tridim.training.device import Execution, model_device
-from tridim.training.distributed import barrier, is_writer, setup, world
-from tridim.training.models import spec_of
-from tridim.training.recipe import OwnLoop, user_recipe
+from tridim.training.distributed import barrier, is_writer, setup
+from tridim.training.recipe import user_recipe
 from tridim.training.train import seed_everything
 
 __all__ = [
@@ -124,37 +131,6 @@ class CompressionResult:
     def macs_ratio(self) -> float:
         """Measured MACs of the pruned model over the base model's."""
         return self.report["macs_ratio"]
-
-
-@dataclass(frozen=True)
-class OptimizeSettings:
-    """The settings of :func:`optimize` beyond the collection's, validated."""
-
-    final_epochs: int = 8
-    refine: int = 3
-    distill: bool = True
-    degree: int | str = "auto"
-    rank: int | str = "auto"
-    latency_batch: int = 64
-    latency_repeats: int = 15
-    base_training_epochs: int | None = None
-
-    def __post_init__(self) -> None:
-        _check_count(self.final_epochs, "final_epochs", minimum=0)
-        if self.base_training_epochs is not None:
-            _check_count(self.base_training_epochs, "base_training_epochs", minimum=1)
-        _check_count(self.refine, "refine", minimum=0)
-        if self.degree != "auto":
-            _check_count(self.degree, "degree", minimum=1)
-        if self.rank != "auto":
-            _check_count(self.rank, "rank", minimum=1)
-        _check_count(self.latency_batch, "latency_batch", minimum=1)
-        _check_count(self.latency_repeats, "latency_repeats", minimum=1)
-
-    def manifest(self) -> dict:
-        """The settings that change what a run's trials compute."""
-        reported_only = ("latency_batch", "latency_repeats", "base_training_epochs")
-        return {k: v for k, v in asdict(self).items() if k not in reported_only}
 
 
 def optimize(
@@ -319,7 +295,7 @@ def optimize(
         base_training_epochs,
     )
     execution = Execution.of(device, precision, channels_last)
-    budget = _latency_budget(
+    budget = latency_budget_from(
         target_flops_ratio, target_speedup, target_latency_ms, runtime, settings, execution
     )
     collection = CollectionSettings(
@@ -344,13 +320,13 @@ def optimize(
     size = check_input_size(data.input_shape)
     manifest = _manifest(settings, predictor, recipe)
     if budget is None:
-        _check_reachable(model, size, collection.target_flops_ratio)
+        check_reachable(model, size, collection.target_flops_ratio)
     else:
         prepared = _prepare_latency(model, data, budget, collection, RunStore(workdir), execution)
         collection = dataclasses.replace(
             collection,
             target_flops_ratio=prepared.target_ratio,
-            ends=_ends_alone(model, size, prepared.cost, prepared.target_ratio),
+            ends=ends_alone(model, size, prepared.cost, prepared.target_ratio),
         )
         manifest["latency_budget"] = budget.to_dict()
     context = open_run(
@@ -395,30 +371,6 @@ def settled(old: Triple, new: Triple, blocks: int, side: int) -> bool:
     )
 
 
-def _latency_budget(
-    target_flops_ratio, target_speedup, target_latency_ms, runtime, settings, execution
-) -> LatencyBudget | None:
-    """The run's latency budget (None for a MACs budget); exactly one budget is given."""
-    given = [target_flops_ratio, target_speedup, target_latency_ms]
-    if sum(value is not None for value in given) != 1:
-        raise ValueError(
-            "give exactly one budget: target_flops_ratio (MACs), target_speedup or "
-            "target_latency_ms (latency)"
-        )
-    if target_flops_ratio is not None:
-        check_runtime(runtime)
-        return None
-    device = "cpu" if execution.device is None else str(execution.device)
-    return LatencyBudget(
-        target_speedup,
-        target_latency_ms,
-        settings.latency_batch,
-        runtime,
-        device,
-        repeats=settings.latency_repeats,
-    )
-
-
 def _prepare_latency(model, data, budget, collection, store: RunStore, execution):
     """The latency table and cost model, measured once per run folder (then read back;
     under torchrun rank 0 measures and the other ranks read what it wrote)."""
@@ -442,46 +394,6 @@ def _prepare_latency(model, data, budget, collection, store: RunStore, execution
     return prepared if prepared is not None else prepare()
 
 
-def _ends_alone(model, size, cost, target: float) -> tuple[float, float, float]:
-    """Each dimension's value that alone meets the latency target (within what it can reach)."""
-    from tridim.prune.depth import find_blocks
-
-    blocks = find_blocks(model, input_size=size)
-    lowest_d, lowest_w, lowest_r = floors(blocks, minimum_side(model, size), size)
-    lowest = (lowest_d, max(lowest_w, cost.widths[0]), max(lowest_r, 0.05))
-    ends = cost.alone(target, lowest)
-    if float(cost(*lowest)) > target:
-        raise ValueError(
-            f"the latency budget (ratio {target:.3f} of the base model) is below what this "
-            f"model can reach by the latency table (about {float(cost(*lowest)):.3f} with "
-            "every dimension at its floor): ask for less speed-up"
-        )
-    return ends
-
-
-def check_predictor_covers(
-    predictor: LowRankPolynomialRegressor, target: float, cost: CostFunction | None = None
-) -> None:
-    """Refuse, before any training, a predictor that cannot answer for this budget.
-
-    ``cost`` is the run's cost model (:func:`run_cost` reads it from a run folder);
-    without it the analytic ``d * w**2 * r**2`` is used, and :func:`optimize` checks again
-    with its measured cost before training anything.
-    """
-    if not isinstance(predictor, LowRankPolynomialRegressor) or not hasattr(predictor, "coef_"):
-        raise TypeError(f"predictor must be a fitted LowRankPolynomialRegressor, got {predictor!r}")
-    cost = flops_cost if cost is None else cost
-    lower, upper = predictor.bounds_
-    reachable = (float(cost(*lower)), float(cost(*upper)))
-    if not reachable[0] <= target <= reachable[1]:
-        raise ValueError(
-            f"target_flops_ratio {target:g} is outside what the reused predictor covers: it "
-            f"was fitted on samples spanning FLOPs ratios {reachable[0]:.4f} to "
-            f"{reachable[1]:.4f}. Pick a target in that range, or collect new samples "
-            "(optimize without predictor=)"
-        )
-
-
 def run_cost(predictor_path: str | os.PathLike) -> CostModel | None:
     """The cost model the run beside ``predictor_path`` solved with (its ``cost.json``),
     or None when there is none (a predictor fitted by ``tridim fit``, or an older run)."""
@@ -495,16 +407,6 @@ def run_cost(predictor_path: str | os.PathLike) -> CostModel | None:
 def _predictor_fingerprint(predictor: LowRankPolynomialRegressor) -> str:
     payload = json.dumps([predictor.coef_.tolist(), predictor.X_train_.tolist()])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _check_reachable(model: nn.Module, input_size, target: float) -> None:
-    floor = cheapest_ratio(model, input_size)
-    if target < floor * 1.05:
-        raise ValueError(
-            f"target_flops_ratio {target:g} is below what this model can reach (about "
-            f"{floor:.4f} of its MACs with every removable block gone, 5% of the channels "
-            "and the smallest input it runs at): raise the target or start from a larger model"
-        )
 
 
 class _Pipeline:
@@ -657,15 +559,16 @@ class _Pipeline:
         store = self.context.store
         loo_rmse = store.save_predictor(predictor).get("loo_rmse")
         store.write_json(COST, self.cost.describe())  # what `tridim solve` solves with
-        latency = self._timed("latency", self._latency, final.model)
-        report = self._report(final, solution, predictor, loo_rmse, latency, base_accuracy)
+        report = self._report(final, solution, predictor, loo_rmse, base_accuracy)
         report.update(refinements=refinements, n_samples=len(samples), **self._context_record())
         report["compute"] = self._compute(samples, len(refinements), final)
         plain = self.context.recipe.plain
         report["val_accuracy"] = plain(evaluate_split(final.model, "val", self.context))
         report["score"] = self.context.recipe.describe()
         report["predictor"] = self.selection
-        report["samples_meaning"] = self._samples_meaning()
+        report["samples_meaning"] = samples_meaning(
+            self.context, self.collection, self.settings, self.reused_predictor
+        )
         for record in refinements:
             for key in ("predicted_accuracy", "measured_accuracy", "new_predicted_accuracy"):
                 record[key] = plain(record[key])
@@ -685,230 +588,43 @@ class _Pipeline:
             final.model, final.plan.realised, final.plan, solution, predictor, samples, report
         )
 
-    def _latency(self, pruned: nn.Module) -> dict:
-        """The base and pruned models timed together in alternating rounds
-        (:func:`tridim.cost.timing.time_models`) at batch 1 and the latency batch."""
-        size, batch = self.context.input_size, self.settings.latency_batch
-        execution = self.context.execution
-        results = {
-            f"batch_{b}": time_models(
-                {"before": self.context.base, "after": pruned},
-                size,
-                b,
-                device=model_device(self.context.base),
-                repeats=self.settings.latency_repeats,
-                precision=execution.precision,
-                channels_last=execution.channels_last,
-            )
-            for b in (1, batch)
-        }
-        return {
-            "stages": {
-                stage: {key: result["models"][stage] for key, result in results.items()}
-                for stage in ("before", "after")
-            },
-            "speedup": {key: 1.0 / ratio_of(r, "after", "before") for key, r in results.items()},
-            "states": {key: result["state"] for key, result in results.items()},
-        }
-
-    def _report(self, final, solution, predictor, loo_rmse, latency, base_accuracy) -> dict:
-        base_macs, plan = self.context.base_macs, final.plan
-        realised = plan.realised
-        medians = {
-            stage: {key: timing["median_ms"] for key, timing in timings.items()}
-            for stage, timings in latency["stages"].items()
-        }
-        recipe = self.context.recipe
-        raw = recipe.plain(float(predictor.predict([list(realised.as_tuple())])[0]))
-        accuracy = isinstance(recipe, OwnLoop)
-        predicted = min(1.0, max(0.0, raw)) if accuracy else raw
-        return {
-            "target_flops_ratio": self.target if self.latency is None else None,
-            "budget": self._budget_record(final.model, latency),
-            "macs_ratio": plan.macs / base_macs,
-            "analytic_flops_ratio": float(flops_cost(*realised.as_tuple())),
-            "triple": realised.to_dict(),
-            "solved_triple": solution.triple.to_dict(),
-            "multiplier": solution.multiplier,
-            "base_accuracy": recipe.plain(base_accuracy),
-            "accuracy": recipe.plain(final.sample.accuracy),
-            "predicted_accuracy": predicted,
-            "predictor_loo_rmse": loo_rmse,
-            "macs_before": base_macs,
-            "macs_after": plan.macs,
-            "params_before": count_params(self.context.base),
-            "params_after": count_params(final.model),
-            "latency_ms": medians,
-            "speedup": latency["speedup"],
-            "seconds": self.seconds,
-            "latency_spread_ms": {
-                stage: {key: [t["q1_ms"], t["q3_ms"]] for key, t in timings.items()}
-                for stage, timings in latency["stages"].items()
-            },
-            "timing": latency["states"],
-            "prediction": _prediction_note(predictor, realised, raw, accuracy),
-            "warnings": _latency_warnings(latency),
-        }
-
-    def _budget_record(self, pruned: nn.Module, latency: dict) -> dict:
-        """The budget, and the cost predicted for and measured on the final model.
-
-        ``measured_speedup`` is timed in alternating rounds against the base model, at
-        the latency batch, on the budget's runtime (for a MACs budget: the eager timing
-        of the report's latency at that batch); ``predicted_speedup`` is the latency
-        table's figure for the final architecture.
-        """
-        context, settings = self.context, self.settings
-        if self.latency is None:
-            key = f"batch_{settings.latency_batch}"
-            return {
-                "kind": "macs",
-                "target_flops_ratio": self.target,
-                "runtime": "eager",
-                "latency_batch": settings.latency_batch,
-                "predicted_speedup": None,
-                "measured_speedup": latency["speedup"][key],
-                "measured_ms": {
-                    s: latency["stages"][s][key]["median_ms"] for s in ("before", "after")
-                },
-                "timing": latency["states"][key],
-            }
-        else:
-            budget, table = self.latency.budget, self.latency.table
-            record = {"kind": "latency", **self.latency.to_dict()}
-            size = context.input_size
-            predicted = table.predict_ms(context.base, size) / table.predict_ms(pruned, size)
-        timing = budget.compare(pruned, context.base, context.input_size)
-        return {
-            **record,
-            "runtime": budget.runtime,
-            "latency_batch": budget.batch_size,
-            "predicted_speedup": predicted,
-            "measured_speedup": 1.0 / timing["ratio"],
-            "measured_ms": {"before": timing["base_ms"], "after": timing["model_ms"]},
-            "timing": timing["state"],
-        }
+    def _report(self, final: TrialResult, solution, predictor, loo_rmse, base_accuracy) -> dict:
+        """The final model timed against the base, and the report's figures of it
+        (:mod:`tridim.run.optimize_report`)."""
+        context = self.context
+        latency = self._timed("latency", time_before_after, context, final.model, self.settings)
+        budget = budget_record(
+            context, self.settings, self.latency, self.target, final.model, latency
+        )
+        return report_record(
+            context,
+            final,
+            solution,
+            predictor,
+            latency,
+            base_accuracy,
+            budget=budget,
+            target_flops_ratio=self.target if self.latency is None else None,
+            loo_rmse=loo_rmse,
+            seconds=self.seconds,
+        )
 
     def _compute(self, samples: list[Sample], refined: int, final: TrialResult) -> dict:
-        """What this run's trials cost (a reused predictor's collection cost nothing here)."""
-        collected = [] if self.reused_predictor else samples[: len(samples) - refined]
-        stages = {
-            "collection": collected,
-            "refine": samples[len(samples) - refined :],
-            "final": [final.sample],
-        }
-        full = len(self.context.data.train)
-        sampled = len((self.context.sample_data or self.context.data).train)
-        recipe = self.context.recipe
-        own = isinstance(recipe, OwnLoop)  # a user's loop: images unknown
-        # teacher outputs computed once per training set here, not at every step
-        passes = recipe.teacher_passes() if own and self.cluster is None else []
-        record = {}
-        for name, members in stages.items():
-            images = full if name == "final" else sampled
-            record[name] = stage_cost(
-                members,
-                train_images=images if own else None,
-                distill=self.collection.distill and not passes,
-                data_share=images / full,
-            )
-        if passes:
-            record["teacher"] = teacher_cost(passes, full)
-        return compute_record(record, self.settings.base_training_epochs)
-
-    def _samples_meaning(self) -> str:
-        """One sentence: what the accuracies the predictor learnt from are."""
-        c, s = self.collection, self.settings
-        distilled = ", distilled from the base model" if c.distill else ""
-        share = "" if c.sample_fraction >= 1 else f" on {c.sample_fraction:g} of the training set"
-        recipe = (
-            f"finetuned {c.epochs_per_step} epochs{share} (SGD, cosine, lr {c.lr:g}{distilled}) "
-            f"and scored on the validation split"
-        )
-        if not isinstance(self.context.recipe, OwnLoop):
-            recipe = (
-                f"finetuned {c.epochs_per_step} epochs by your finetune(){distilled} and "
-                f"scored by your evaluate()"
-            )
-        if self.reused_predictor:
-            return f"samples of the reused predictor's run; refine trials here were {recipe}"
-        if c.collection == "chain":
-            return (
-                f"each axis sample is the previous step's finetuned model pruned further "
-                f"(k steps: k finetunes), {recipe}; refine and final trials are cut from the "
-                f"base in one shot, the final one finetuned {s.final_epochs} epochs"
-            )
-        return (
-            f"each sample is the base model cut in one shot to its (d, w, r) by realise "
-            f"(criterion {c.criterion}, seed {c.seed}), {recipe}; the final model is made "
-            f"the same way at the budget, with {s.final_epochs} epochs"
+        """What this run's trials cost (:func:`tridim.run.optimize_report.compute_of_run`)."""
+        return compute_of_run(
+            self.context,
+            samples,
+            refined,
+            final,
+            distill=self.collection.distill,
+            reused_predictor=self.reused_predictor,
+            local=self.cluster is None,
+            base_training_epochs=self.settings.base_training_epochs,
         )
 
     def _context_record(self) -> dict:
         """The report's closing fields: what was compressed, and how."""
-        context, c, s = self.context, self.collection, self.settings
-        spec = spec_of(context.base)
-        depth_fixed = not depth_can_change(context.base, context.input_size)
-        return {
-            "depth_fixed": "no block has an identity shortcut: depth stays at 1"
-            if depth_fixed
-            else None,
-            "settings": {
-                "collection": c.collection,
-                "rounds": c.rounds,
-                "design": c.design,
-                "epochs_per_step": c.epochs_per_step,
-                "final_epochs": s.final_epochs,
-                "refine": s.refine,
-                "distill": s.distill,
-                "criterion": c.criterion,
-                "degree": s.degree,
-                "rank": s.rank,
-                "lr": c.lr,
-                "seed": c.seed,
-                "sample_fraction": c.sample_fraction,
-                "channel_multiple": c.channel_multiple,
-                "latency_batch": s.latency_batch,
-                "reused_predictor": self.reused_predictor,
-            },
-            "execution": {
-                **context.execution.describe(model_device(context.base)),
-                "world_size": world()[1],
-            },
-            "data": context.data.describe(),
-            "model": spec.to_dict() if spec is not None else None,
-        }
-
-
-#: A timing whose interquartile range exceeds this fraction of its median is flagged.
-
-
-def _latency_warnings(latency: dict) -> list[str]:
-    """A warning for each timing whose rounds still disagreed after every attempt."""
-    return [
-        f"latency at {key.replace('_', ' ')} was unstable: its rounds disagreed by "
-        f"{state['max_spread']:.0%} (more than {SPREAD_LIMIT:.0%}) after {state['attempts']} "
-        "attempts; the machine was busy, time the saved model again on a quiet machine"
-        for key, state in latency["states"].items()
-        if not state["stable"]
-    ]
-
-
-def _prediction_note(predictor, realised: Triple, predicted: float, accuracy: bool) -> dict:
-    """How far to trust the predicted score: where it comes from, and if it extrapolates.
-    ``accuracy``: the score is tridim's accuracy (clipped to [0, 1] in the report)."""
-    lower, upper = predictor.bounds_
-    point = realised.as_tuple()
-    inside = all(lo - 1e-9 <= x <= hi + 1e-9 for x, lo, hi in zip(point, lower, upper))
-    measured = "validation accuracy" if accuracy else "the score of your evaluate()"
-    return {
-        "raw": predicted,
-        "clipped": accuracy and not 0.0 <= predicted <= 1.0,
-        "inside_sampled_box": inside,
-        "meaning": f"{measured} after a short finetune (epochs_per_step), as the samples "
-        "were measured; the pruned model's is after the final finetune"
-        + (" on the test split, so it is usually higher" if accuracy else ""),
-    }
+        return context_record(self.context, self.collection, self.settings, self.reused_predictor)
 
 
 def _training_samples(predictor: LowRankPolynomialRegressor) -> list[Sample]:
@@ -917,27 +633,3 @@ def _training_samples(predictor: LowRankPolynomialRegressor) -> list[Sample]:
         Sample(*x, accuracy=float(y), extra={"key": f"reused:{i}", "dimension": "reused"})
         for i, (x, y) in enumerate(zip(predictor.X_train_.tolist(), predictor.y_train_))
     ]
-
-
-def cheapest_ratio(model: nn.Module, input_size) -> float:
-    """About the smallest MACs ratio tridim can reach for this model.
-
-    All removable blocks gone, 5% of the prunable channels kept (the width module's
-    floor) and the smallest image side the model runs at
-    (:func:`tridim.run.collect.minimum_side`), each measured alone and multiplied.
-    """
-    from tridim.prune.depth import find_blocks, remove_blocks
-    from tridim.prune.resolution import with_resolution
-    from tridim.prune.width import DEFAULT_MIN_KEEP, prune_width
-
-    base_macs = count_macs(model, input_size)
-    ratio = 1.0
-    names = [b.name for b in find_blocks(model, input_size=input_size) if b.removable]
-    if names:
-        ratio *= count_macs(remove_blocks(model, names), input_size) / base_macs
-    example = torch.zeros(1, *input_size)
-    thin = prune_width(model, DEFAULT_MIN_KEEP, example_input=example, criterion="l1")
-    ratio *= count_macs(thin, input_size) / base_macs
-    r = min(1.0, minimum_side(model, input_size) / min(input_size[1:]))
-    ratio *= count_macs(with_resolution(model, r, input_size), input_size) / base_macs
-    return ratio

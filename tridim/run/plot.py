@@ -13,6 +13,8 @@ The tables live in :mod:`tridim.run.report`, reading a run folder in :mod:`tridi
 the comparison of regressors drawn by :func:`plot_model_comparison` is
 :func:`tridim.bench.predictor.compare_models`.
 
+The figures share their scaffolding and styling, in :mod:`tridim.run.figures`.
+
 matplotlib is an optional dependency (``pip install tridim[notebooks]``): this module
 imports without it, and only the plotting functions need it. It does not import torch.
 
@@ -34,8 +36,23 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from tridim.run.report import ON_AXIS_TOL, as_sample, dimension_of, pareto_rows
-from tridim.search.predictor import rms
+from tridim.run.figures import (
+    COLOURS,
+    DIMENSIONS,
+    INSTALL_HINT,
+    NAMES,
+    bootstrap_band,
+    cap_accuracy_axis,
+    figure_and_ax,
+    figure_and_axes,
+    loo_or_compute,
+    require_matplotlib,
+    scatter_by_dimension,
+    short_label,
+    training_dimensions,
+)
+from tridim.run.report import ON_AXIS_TOL, as_sample, pareto_rows
+from tridim.search.lowrank import rms
 from tridim.search.samples import Sample, samples_to_xy
 from tridim.search.space import Triple, as_triple
 
@@ -58,110 +75,12 @@ __all__ = [
     "INSTALL_HINT",
 ]
 
-#: What to install when matplotlib is missing.
-INSTALL_HINT = "pip install tridim[notebooks]"
 
 #: Budgets (FLOPs ratios) swept by :func:`save_report_plots` for the Pareto figure.
 DEFAULT_BUDGETS: tuple[float, ...] = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)
 
-_NAMES = ("d", "w", "r")
-_DIMENSIONS = ("depth", "width", "resolution")
-_COLOURS = {
-    "base": "black",
-    "depth": "tab:blue",
-    "width": "tab:orange",
-    "resolution": "tab:green",
-    "off-axis": "tab:red",
-}
 #: Depths labelled by the dashed contours of :func:`plot_iso_flops`.
 _DEPTH_LEVELS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-
-
-# ---------------------------------------------------------------------- matplotlib
-
-
-def _matplotlib() -> None:
-    """Raise a helpful ImportError if matplotlib is not installed."""
-    try:
-        import matplotlib  # noqa: F401
-        import matplotlib.figure  # noqa: F401
-    except ImportError:
-        raise ImportError(
-            f"tridim.plot needs matplotlib for figures; install it with `{INSTALL_HINT}`"
-        ) from None
-
-
-def _new_figure(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
-    """A pyplot-free figure and its axes (``squeeze`` like ``plt.subplots``)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, **kwargs)
-
-
-def _figure_and_ax(ax: Axes | None, figsize: tuple[float, float]):
-    if ax is not None:
-        return ax.figure, ax
-    return _new_figure(figsize=figsize)
-
-
-def _figure_and_axes(axes: Sequence[Axes] | None, n: int, figsize: tuple[float, float], **kwargs):
-    if axes is not None:
-        axes = list(np.ravel(axes))
-        if len(axes) != n:
-            raise ValueError(f"expected {n} axes, got {len(axes)}")
-        return axes[0].figure, axes
-    fig, created = _new_figure(1, n, figsize=figsize, squeeze=False, **kwargs)
-    return fig, list(created[0])
-
-
-# ---------------------------------------------------------------------- shared helpers
-
-
-def _training_dimensions(predictor: LowRankPolynomialRegressor) -> list[str]:
-    return [dimension_of(x) for x in predictor.X_train_]
-
-
-def _loo_or_compute(
-    predictor: LowRankPolynomialRegressor, loo_residuals: np.ndarray | None
-) -> np.ndarray:
-    """The given leave-one-out residuals, else the predictor's own."""
-    return predictor.loo_residuals() if loo_residuals is None else np.asarray(loo_residuals)
-
-
-def _scatter_by_dimension(ax: Axes, x: np.ndarray, y: np.ndarray, dims: list[str], **kwargs):
-    for dim, colour in _COLOURS.items():
-        mask = np.array([d == dim for d in dims])
-        if mask.any():
-            ax.scatter(x[mask], y[mask], color=colour, label=dim, zorder=3, **kwargs)
-
-
-def _short_label(x: Sequence[float]) -> str:
-    dim = dimension_of(x)
-    if dim == "base":
-        return "base"
-    if dim == "off-axis":
-        return "({:.2f},{:.2f},{:.2f})".format(*x)
-    axis = _DIMENSIONS.index(dim)
-    return f"{_NAMES[axis]}={x[axis]:.2f}"
-
-
-def _cap_accuracy_axis(ax: Axes, values: np.ndarray) -> None:
-    """Keep the y axis below 1 + a margin when the data are fractions: a bootstrap band
-    may extend past an accuracy of 1, which no model can reach."""
-    values = np.asarray(values, dtype=float)
-    if values.size and np.nanmax(values) <= 1.0:
-        bottom, top = ax.get_ylim()
-        ax.set_ylim(bottom, min(top, 1.0 + 0.05 * (1.0 - np.nanmin(values)) + 1e-3))
-
-
-def _bootstrap_band(
-    predictor: LowRankPolynomialRegressor, X: np.ndarray, coverage: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """The central ``coverage`` quantiles of the predictor's bootstrap refits at ``X``."""
-    draws = predictor.bootstrap_predictions(X)
-    tail = (1 - coverage) / 2
-    return np.quantile(draws, tail, axis=0), np.quantile(draws, 1 - tail, axis=0)
 
 
 # ---------------------------------------------------------------------- fit diagnostics
@@ -192,15 +111,15 @@ def plot_loo(
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
-    fig, ax = _figure_and_ax(ax, (5.2, 4.6))
+    require_matplotlib()
+    fig, ax = figure_and_ax(ax, (5.2, 4.6))
     y = predictor.y_train_
-    residuals = _loo_or_compute(predictor, loo_residuals)
+    residuals = loo_or_compute(predictor, loo_residuals)
     loo_pred = y - residuals
     fitted = predictor.predict(predictor.X_train_)
-    dims = _training_dimensions(predictor)
+    dims = training_dimensions(predictor)
     ax.scatter(fitted, y, facecolors="none", edgecolors="grey", s=46, label="in-sample fit")
-    _scatter_by_dimension(ax, loo_pred, y, dims, s=30)
+    scatter_by_dimension(ax, loo_pred, y, dims, s=30)
     lo = min(y.min(), loo_pred.min(), fitted.min())
     hi = max(y.max(), loo_pred.max(), fitted.max())
     pad = 0.05 * (hi - lo or 1e-3)
@@ -241,13 +160,13 @@ def plot_residuals(
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
-    fig, (left, right) = _figure_and_axes(axes, 2, (11, 4.2), width_ratios=(1, 1.6))
+    require_matplotlib()
+    fig, (left, right) = figure_and_axes(axes, 2, (11, 4.2), width_ratios=(1, 1.6))
     X, y = predictor.X_train_, predictor.y_train_
     fitted = predictor.predict(X)
     train_res = y - fitted
-    loo_res = _loo_or_compute(predictor, loo_residuals)
-    dims = _training_dimensions(predictor)
+    loo_res = loo_or_compute(predictor, loo_residuals)
+    dims = training_dimensions(predictor)
     _draw_in_sample_residuals(left, fitted, train_res, dims)
     _draw_residual_bars(right, X, train_res, loo_res, dims)
     return fig
@@ -256,7 +175,7 @@ def plot_residuals(
 def _draw_in_sample_residuals(
     ax: Axes, fitted: np.ndarray, train_res: np.ndarray, dims: list[str]
 ) -> None:
-    _scatter_by_dimension(ax, fitted, train_res, dims, s=30)
+    scatter_by_dimension(ax, fitted, train_res, dims, s=30)
     ax.axhline(0, color="grey", lw=1, ls="--")
     ax.set_title("In-sample residuals")
     ax.set_xlabel("fitted accuracy")
@@ -278,17 +197,17 @@ def _draw_residual_bars(
         index + width / 2,
         loo_res,
         width,
-        color=[_COLOURS[d] for d in dims],
+        color=[COLOURS[d] for d in dims],
         label="leave-one-out",
     )
     ax.axhline(0, color="black", lw=0.8)
     handles = [Patch(color="grey", label="in-sample")]
     handles += [
-        Patch(color=_COLOURS[dim], label=f"leave-one-out: {dim}") for dim in _COLOURS if dim in dims
+        Patch(color=COLOURS[dim], label=f"leave-one-out: {dim}") for dim in COLOURS if dim in dims
     ]
     ax.legend(handles=handles, fontsize="small")
     ax.set_xticks(index)
-    ax.set_xticklabels([_short_label(x) for x in X], rotation=60, ha="right", fontsize=8)
+    ax.set_xticklabels([short_label(x) for x in X], rotation=60, ha="right", fontsize=8)
     ax.set_title(
         f"Residual per sample (train RMSE {rms(train_res):.4f}, LOO RMSE {rms(loo_res):.4f})"
     )
@@ -329,10 +248,10 @@ def plot_slices(
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
+    require_matplotlib()
     if not 0 < coverage < 1:
         raise ValueError(f"coverage must be in (0, 1), got {coverage!r}")
-    fig, axes = _figure_and_axes(axes, 3, (13, 4.2), sharey=True)
+    fig, axes = figure_and_axes(axes, 3, (13, 4.2), sharey=True)
     if samples is None:
         X, y = predictor.X_train_, predictor.y_train_
     else:
@@ -341,7 +260,7 @@ def plot_slices(
     stacked = np.vstack(grids)
     mean = predictor.predict(stacked).reshape(3, n_points)
     band_lo, band_hi = (
-        b.reshape(3, n_points) for b in _bootstrap_band(predictor, stacked, coverage)
+        b.reshape(3, n_points) for b in bootstrap_band(predictor, stacked, coverage)
     )
     for axis, ax in enumerate(axes):
         t = grids[axis][:, axis]
@@ -349,14 +268,14 @@ def plot_slices(
             t,
             band_lo[axis],
             band_hi[axis],
-            color=_COLOURS[_DIMENSIONS[axis]],
+            color=COLOURS[DIMENSIONS[axis]],
             alpha=0.2,
             label=f"{coverage:.0%} bootstrap band",
         )
         _draw_slice(ax, axis, t, mean[axis], X, y)
     axes[0].set_ylabel("accuracy")
     axes[0].legend(fontsize="small", loc="lower right")
-    _cap_accuracy_axis(axes[0], np.concatenate([y, mean.ravel()]))
+    cap_accuracy_axis(axes[0], np.concatenate([y, mean.ravel()]))
     return fig
 
 
@@ -374,12 +293,12 @@ def _draw_slice(
     ax: Axes, axis: int, t: np.ndarray, mean: np.ndarray, X: np.ndarray, y: np.ndarray
 ) -> None:
     """The fitted slice along ``axis`` and the samples lying on that axis."""
-    name, dim = _NAMES[axis], _DIMENSIONS[axis]
-    ax.plot(t, mean, color=_COLOURS[dim], lw=2, label="fitted surface")
+    name, dim = NAMES[axis], DIMENSIONS[axis]
+    ax.plot(t, mean, color=COLOURS[dim], lw=2, label="fitted surface")
     others = [j for j in range(3) if j != axis]
     on_axis = np.all(np.abs(X[:, others] - 1) <= ON_AXIS_TOL, axis=1)
     ax.scatter(X[on_axis, axis], y[on_axis], color="black", s=28, zorder=3, label="samples")
-    other_names = " = ".join(_NAMES[j] for j in others)
+    other_names = " = ".join(NAMES[j] for j in others)
     ax.set_title(f"{dim} slice ({other_names} = 1)")
     ax.set_xlabel(f"{name} ({dim} kept)")
     ax.grid(alpha=0.3)
@@ -424,14 +343,14 @@ def plot_iso_flops(
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
+    require_matplotlib()
     from tridim.search.solver import solve
 
     target = float(target)
     if chosen is None:
         chosen = solve(predictor, target)
     chosen = as_triple(chosen)
-    fig, ax = _figure_and_ax(ax, (6.4, 5.2))
+    fig, ax = figure_and_ax(ax, (6.4, 5.2))
     lower = np.asarray(predictor.bounds_[0], dtype=float)
     upper = np.asarray(predictor.bounds_[1], dtype=float)
     w = np.linspace(lower[1], upper[1], n_grid)
@@ -541,11 +460,11 @@ def plot_pareto(
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
+    require_matplotlib()
     rows = list(rows) if rows is not None else pareto_rows(predictor, targets)
     solved = sorted((row for row in rows if row.get("error") is None), key=lambda r: r["target"])
     skipped = sorted(row["target"] for row in rows if row.get("error") is not None)
-    fig, (left, right) = _figure_and_axes(axes, 2, (12, 4.4))
+    fig, (left, right) = figure_and_axes(axes, 2, (12, 4.4))
     if solved:
         _draw_pareto_front(left, right, predictor, solved, coverage)
     if mark is not None:
@@ -573,15 +492,15 @@ def _draw_pareto_front(
     x = np.array([row["target"] for row in solved])
     triples = np.array([[row["d"], row["w"], row["r"]] for row in solved])
     accuracy = np.array([row["predicted_accuracy"] for row in solved])
-    band_lo, band_hi = _bootstrap_band(predictor, triples, coverage)
+    band_lo, band_hi = bootstrap_band(predictor, triples, coverage)
     left.fill_between(
         x, band_lo, band_hi, color="tab:purple", alpha=0.2, label=f"{coverage:.0%} bootstrap band"
     )
     left.plot(x, accuracy, "o-", color="tab:purple", label="best predicted accuracy")
-    for axis, name in enumerate(_NAMES):
-        dim = _DIMENSIONS[axis]
-        right.plot(x, triples[:, axis], "o-", color=_COLOURS[dim], label=f"{name} ({dim})")
-    _cap_accuracy_axis(left, accuracy)
+    for axis, name in enumerate(NAMES):
+        dim = DIMENSIONS[axis]
+        right.plot(x, triples[:, axis], "o-", color=COLOURS[dim], label=f"{name} ({dim})")
+    cap_accuracy_axis(left, accuracy)
 
 
 def _label_pareto_axes(left: Axes, right: Axes) -> None:
@@ -613,8 +532,8 @@ def plot_model_comparison(rows: Sequence[Mapping[str, Any]], *, ax: Axes | None 
     -------
     matplotlib.figure.Figure
     """
-    _matplotlib()
-    fig, ax = _figure_and_ax(ax, (7, 3.6))
+    require_matplotlib()
+    fig, ax = figure_and_ax(ax, (7, 3.6))
     labels = [row["model"] for row in rows]
     values = [row.get("loo_rmse") for row in rows]
     heights = [0.0 if v is None else v for v in values]
@@ -676,7 +595,7 @@ def save_report_plots(
     ImportError
         If matplotlib is not installed.
     """
-    _matplotlib()
+    require_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     from tridim.run.store import Run, load_run
