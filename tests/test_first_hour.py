@@ -42,15 +42,15 @@ def fitted_run(tiny, base_model, tmp_path_factory):
     return workdir, result
 
 
+def _refuse_training(*args, **kwargs):
+    raise AssertionError("trained where nothing should train")
+
+
 def _no_training(monkeypatch):
     """Make any training fail loudly: the call under test must refuse before it."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("trained before checking the arguments")
-
-    monkeypatch.setattr("tridim.training.train.train", refuse)
-    monkeypatch.setattr("tridim.training.recipe.train", refuse)
-    monkeypatch.setattr("tridim.training.train._run_epochs", refuse)
+    monkeypatch.setattr("tridim.training.train.train", _refuse_training)
+    monkeypatch.setattr("tridim.training.recipe.train", _refuse_training)
+    monkeypatch.setattr("tridim.training.train._run_epochs", _refuse_training)
 
 
 # ---------------------------------------------------------------------- 1. predictor reuse
@@ -298,6 +298,35 @@ def test_latency_is_reported_with_its_spread_and_the_state_it_was_timed_in(fitte
     )
     unstable = [key for key, state in report["timing"].items() if not state["stable"]]
     assert len(report["warnings"]) == len(unstable)
+
+
+def test_a_finished_run_run_again_reports_the_same_cost(
+    fitted_run, tiny, base_model, tmp_path, monkeypatch
+):
+    """The compute record comes from what the run did, not from what this process happened
+    to compute: run again on a finished folder, nothing trains and the cost is the same."""
+    workdir, result = fitted_run
+    again = tmp_path / "again"
+    shutil.copytree(workdir, again)
+    monkeypatch.setattr("tridim.training.recipe.train", _refuse_training)
+    rerun = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=again,
+        rounds=2,
+        epochs_per_step=1,
+        final_epochs=1,
+        refine=0,
+        quiet=True,
+        latency_repeats=3,
+        latency_batch=8,
+        base_training_epochs=3,
+    )
+    for part in ("search", "total"):
+        for key in ("base_trainings", "images", "trials"):
+            assert rerun.report["compute"][part][key] == result.report["compute"][part][key]
+    assert rerun.report["compute"]["stages"].keys() == result.report["compute"]["stages"].keys()
 
 
 def test_the_report_says_what_the_run_cost_in_base_trainings(fitted_run, tiny):

@@ -155,6 +155,14 @@ def test_every_module_lives_in_a_layer_and_imports_only_layers_below_it():
     assert not offenders, offenders
 
 
+def test_the_public_api_comes_from_the_layers_not_the_leaves():
+    import tridim
+
+    homes = {**tridim._EXPORTS, **tridim._SUBMODULES}
+    leaves = {name: home for name, home in homes.items() if home.split(".")[0] not in LAYERS}
+    assert not leaves, leaves
+
+
 def test_each_layer_says_what_it_is_for_and_no_file_is_long():
     for folder in LAYERS + LEAVES:
         docstring = ast.get_docstring(ast.parse((PACKAGE / folder / "__init__.py").read_text()))

@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch_pruning as tp
 
 import tridim
+from tridim.cost.macs import count_macs
 from tridim.training import models
 
 
@@ -65,3 +67,45 @@ def test_triple_validation_and_cost():
         "w": 0.5,
         "r": 1.0,
     }
+
+
+def _grouped_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, groups=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+
+
+@pytest.mark.parametrize(
+    "name, size",
+    [("resnet20", (1, 16, 16)), ("mobilenet_v2", (3, 32, 32)), ("grouped", (3, 8, 8))],
+)
+def test_the_analytic_macs_models_agree_with_the_measured_count(name, size):
+    """The one MACs formula (layer_macs) behind the latency table's layer shapes and the
+    width search's MACs model gives what torch's counter measures, before and after
+    channels go (plain, depthwise and grouped convolutions)."""
+    from tridim.cost.latency import layer_shapes
+    from tridim.prune.groups import channel_groups
+    from tridim.prune.macs_search import _MacsModel
+    from tridim.prune.width import remove_channels
+
+    model = _grouped_net() if name == "grouped" else models.build(name, 10, size[0])
+    example = torch.zeros(1, *size)
+    groups = channel_groups(model.eval(), example)
+    analytic = _MacsModel(model, groups, example)
+    assert analytic.macs() == count_macs(model, size)
+    assert sum(shape.macs for shape in layer_shapes(model, size)) == count_macs(model, size)
+    # a grouped layer loses the same positions in every group
+    first, last = groups[0], groups[-1]
+    removed = {0: np.array([0, first.size // 2]), len(groups) - 1: np.array([0, last.size // 2])}
+    removal = {groups[i].root: [int(c) for c in channels] for i, channels in removed.items()}
+    pruned = remove_channels(model, removal, example_input=example)
+    assert count_macs(pruned, size) < count_macs(model, size)
+    assert analytic.macs(removed) == count_macs(pruned, size)

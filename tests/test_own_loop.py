@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -230,6 +231,22 @@ class _StatefulLoop:
     def load_state_dict(self, state):
         self.loaded.append(state["key"])
         self.key, self.pending = None, state
+
+
+def test_a_users_loop_with_state_is_not_shared_by_trials_in_threads(tiny, base_model, tmp_path):
+    with ThreadPoolExecutor(2) as executor, pytest.raises(ValueError, match="one object"):
+        tridim.collect(
+            base_model,
+            target_flops_ratio=0.5,
+            finetune=_StatefulLoop(tiny),
+            evaluate=lambda model: 1.0,
+            example_input=torch.zeros(1, *tiny.input_shape),
+            probe_data=[tiny.train.tensors[0][:64]],
+            executor=executor,
+            workdir=tmp_path,
+            quiet=True,
+        )
+    assert not (tmp_path / "samples.jsonl").exists()
 
 
 def test_a_users_loop_with_state_resumes_at_the_epoch(tiny, base_model, tmp_path):

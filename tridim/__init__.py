@@ -58,7 +58,6 @@ _EXPORTS = {
     "prune_width_to_macs": "prune.width",
     "prune_iteratively": "prune.slimming",
     "bn_l1_penalty": "prune.slimming",
-    "criterion_oracle_correlation": "bench.oracle",
     "block_gains": "prune.depth",
     "prune_depth": "prune.depth",
     "find_blocks": "prune.depth",

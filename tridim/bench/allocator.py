@@ -21,8 +21,6 @@ import subprocess
 import sys
 import time
 
-from tridim.bench.tables import markdown_table
-
 __all__ = ["format_table", "run_allocator_bench", "CASES"]
 
 CASES = ("eager-system", "eager-fixed-heap", "onnxruntime-spinning", "onnxruntime-no-spinning")
@@ -124,6 +122,21 @@ def _onnxruntime(spinning: bool) -> dict:
     return {"fresh_ms": alone, "two_sessions_ms": _median_ms(in_turns, passes=30)}
 
 
+def format_table(result: dict) -> str:
+    """The result of :func:`run_allocator_bench` as the command line prints it."""
+    from tridim.run.report import markdown_table  # a case's process stays a plain script's
+
+    keys = ("case", "fresh_ms", "after_training_ms", "two_sessions_ms")
+    config = result["config"]
+    note = (
+        f"milliseconds per batch of {config['batch']}, median of 15 passes, "
+        f"median over {config['repeats']} fresh processes."
+    )
+    return "\n".join(
+        [markdown_table([{k: row.get(k) for k in keys} for row in result["rows"]]), note]
+    )
+
+
 if __name__ == "__main__":
     import warnings
 
@@ -134,16 +147,3 @@ if __name__ == "__main__":
     else:
         result = _onnxruntime(case == "onnxruntime-spinning")
     print(json.dumps(result))
-
-
-def format_table(result: dict) -> str:
-    """The result of :func:`run_allocator_bench` as the command line prints it."""
-    keys = ("case", "fresh_ms", "after_training_ms", "two_sessions_ms")
-    config = result["config"]
-    note = (
-        f"milliseconds per batch of {config['batch']}, median of 15 passes, "
-        f"median over {config['repeats']} fresh processes."
-    )
-    return "\n".join(
-        [markdown_table([{k: row.get(k) for k in keys} for row in result["rows"]]), note]
-    )

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs
 from tridim.cost.timing import ratio_of, time_models
 from tridim.prune.width import prune_width_to_macs
+from tridim.run.report import markdown_table
 from tridim.training.models import build
 
 __all__ = ["format_table", "run_channels_bench", "DEFAULT_MODELS"]

@@ -51,7 +51,7 @@ import torch.nn as nn
 
 import tridim
 from tridim.atomic import atomic_write_json
-from tridim.bench.compare_summary import METHODS, TRIDIM_VARIANTS, render_markdown, summarise
+from tridim.bench.compare_summary import METHODS, TRIDIM_VARIANTS, summarise
 from tridim.bench.dims import _depth_only, _resolution_only
 from tridim.cost.macs import count_macs, count_params
 from tridim.cost.runtimes import time_ratio
@@ -62,7 +62,7 @@ from tridim.training.data import DataBundle, load
 from tridim.training.models import CIFAR_RESNET_DEPTHS, build
 from tridim.training.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train
 
-__all__ = ["run_compare_bench", "METHODS", "render_markdown", "plateau_schedule"]
+__all__ = ["run_compare_bench", "METHODS", "plateau_schedule"]
 
 FINAL_LR = 0.02
 #: The base model's (initial) learning rate.

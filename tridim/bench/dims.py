@@ -26,11 +26,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs, count_params
 from tridim.cost.timing import time_models
 from tridim.prune.depth import block_gains, blocks_to_keep, find_blocks
 from tridim.prune.realise import realise
+from tridim.run.report import markdown_table
 from tridim.search.space import check_ratio
 from tridim.training.data import DataBundle, load
 from tridim.training.models import CIFAR_RESNET_DEPTHS, build

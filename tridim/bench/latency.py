@@ -26,9 +26,9 @@ import torch
 import torch.nn as nn
 
 import tridim
-from tridim.bench.tables import markdown_table
 from tridim.budget.latency import LatencyBudget
 from tridim.cost.latency import LatencyTable
+from tridim.run.report import markdown_table
 from tridim.training.data import DataBundle, load
 from tridim.training.models import build
 from tridim.training.train import evaluate, load_checkpoint, save_checkpoint, seed_everything, train

@@ -17,8 +17,8 @@ import time
 
 import tridim
 from tridim.bench.latency import bench_setup
-from tridim.bench.tables import markdown_table
 from tridim.run.cluster import available_cores
+from tridim.run.report import markdown_table
 
 __all__ = ["format_table", "run_parallel_bench"]
 

@@ -32,9 +32,9 @@ from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures, StandardScaler
 
-from tridim.bench.tables import markdown_table
-from tridim.run.report import as_sample
-from tridim.search.predictor import LowRankPolynomialRegressor, leave_one_out_residuals, rms
+from tridim.run.report import as_sample, markdown_table
+from tridim.search.lowrank import rms
+from tridim.search.predictor import LowRankPolynomialRegressor, leave_one_out_residuals
 from tridim.search.samples import Sample, read_samples, samples_to_xy
 from tridim.search.solver import solve
 from tridim.search.space import Bounds

@@ -20,9 +20,9 @@ from scipy.stats import spearmanr
 
 import tridim
 from tridim.bench.latency import bench_setup
-from tridim.bench.tables import markdown_table
 from tridim.budget.cost_model import CostModel, macs_cost
 from tridim.run.compute import stage_cost
+from tridim.run.report import markdown_table
 from tridim.search.selection import choose_and_fit
 from tridim.search.solver import solve
 

@@ -25,8 +25,8 @@ import sys
 import tridim
 from tridim.atomic import atomic_write_json
 from tridim.bench.latency import bench_setup
-from tridim.bench.tables import markdown_table
 from tridim.cost.runtimes import time_ratio
+from tridim.run.report import markdown_table
 from tridim.training.models import build
 from tridim.training.train import load_checkpoint
 
@@ -171,10 +171,6 @@ def _time_in_this_process(request: dict) -> dict:
     )
 
 
-if __name__ == "__main__":
-    print(json.dumps(_time_in_this_process(json.loads(sys.argv[1]))))
-
-
 def format_table(result: dict) -> str:
     """The result of :func:`run_speedup_bench` as the command line prints it."""
     config = result["config"]
@@ -208,3 +204,7 @@ def format_table(result: dict) -> str:
         f"largest disagreement {result['max_disagreement']:.1%}."
     )
     return "\n".join([head, markdown_table(rows), note])
+
+
+if __name__ == "__main__":
+    print(json.dumps(_time_in_this_process(json.loads(sys.argv[1]))))

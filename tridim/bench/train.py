@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tridim.bench.tables import markdown_table
+from tridim.run.report import markdown_table
 from tridim.training import data as datasets
 from tridim.training import models
 from tridim.training.device import Execution

@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 
 from tridim.bench.oracle import MOLCHANOV_REFERENCE, criterion_oracle_correlation
-from tridim.bench.tables import markdown_table
 from tridim.cost.macs import count_macs, count_params
 from tridim.prune.criteria import CRITERIA
 from tridim.prune.groups import channel_groups
 from tridim.prune.slimming import prune_iteratively
 from tridim.prune.width import prune_width_to_macs
+from tridim.run.report import markdown_table
 from tridim.search.space import check_ratio
 from tridim.training.data import load
 from tridim.training.models import CIFAR_RESNET_DEPTHS, build

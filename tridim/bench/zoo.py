@@ -29,8 +29,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from tridim.bench.tables import markdown_table
 from tridim.run.collect import auto_criterion
+from tridim.run.report import markdown_table
 
 STEPS = ("width", "depth", "resolution", "realise", "reload")
 TOLERANCE = 0.01

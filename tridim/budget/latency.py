@@ -23,7 +23,8 @@ import torch.nn as nn
 from tridim.atomic import atomic_write_json
 from tridim.budget.cost_model import CostModel, latency_cost
 from tridim.cost.latency import LatencyTable
-from tridim.cost.runtimes import check_runtime, time_ratio
+from tridim.cost.runtimes import time_ratio
+from tridim.cost.timing import check_runtime
 from tridim.prune.resolution import ResolutionWrapper, reduced_size
 from tridim.search.plan import Plan
 from tridim.search.space import Triple, as_triple, check_input_size

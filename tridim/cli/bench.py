@@ -52,9 +52,9 @@ def _bench_handler(
             positional = [args.data, args.model]
             keywords["data_options"] = data_options(args) or None
         result = getattr(bench, f"run_{module}_bench")(*positional, **keywords)
-        print(bench.format_table(result))
         default = Path(args.out) / "result.json" if json_in_out else None
-        write_json(args.json_out or default, result)
+        write_json(args.json_out or default, result)  # kept before anything can fail
+        print(bench.format_table(result))
         return 0
 
     return handle

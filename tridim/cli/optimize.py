@@ -8,7 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-from tridim.bench.tables import markdown_table
 from tridim.cli.options import (
     add_execution_args,
     add_model_data_args,
@@ -303,6 +302,8 @@ def _run_collect(args: argparse.Namespace) -> int:
         }
         for s in samples
     ]
+    from tridim.run.report import markdown_table
+
     print(markdown_table(rows))
     print(f"journal: {workdir / JOURNAL}")
     return 0
@@ -440,5 +441,7 @@ def _run_solve(args: argparse.Namespace) -> int:
         }
         for s in solutions
     ]
+    from tridim.run.report import markdown_table
+
     print(markdown_table(rows))
     return 0

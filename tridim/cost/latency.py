@@ -27,8 +27,8 @@ import torch.nn as nn
 
 from tridim.atomic import atomic_write_json
 from tridim.cost.macs import layer_macs
-from tridim.cost.runtimes import check_runtime, time_forward
-from tridim.cost.timing import time_models
+from tridim.cost.runtimes import time_forward
+from tridim.cost.timing import check_runtime, time_models
 from tridim.search.space import check_input_size
 from tridim.training.device import eval_mode, model_device, resolve_device
 

@@ -15,17 +15,15 @@ from typing import Any
 
 import torch.nn as nn
 
-from tridim.cost.timing import RUNTIMES, check_runtime, ratio_of, time_models, time_one
+from tridim.cost.timing import ratio_of, time_models, time_one
 
-__all__ = ["RUNTIMES", "check_runtime", "time_forward", "time_ratio"]
+__all__ = ["time_forward", "time_ratio"]
 
 
 def time_forward(
     model: nn.Module,
     input_size: Sequence[int],
     batch_size: int = 1,
-    *,
-    warmup: None = None,
     **options: Any,
 ) -> dict:
     """Timings of ``model``'s forward pass (:func:`tridim.cost.timing.time_one`), with
@@ -39,8 +37,6 @@ def time_forward(
         Size of one input image.
     batch_size : int
         Images per pass.
-    warmup : None
-        Ignored: passes are warmed up until stable (kept for old callers).
     **options
         ``runtime``, ``device``, ``threads``, ``repeats``, ``precision``,
         ``channels_last``: as in :func:`tridim.cost.timing.time_models` (3 rounds).

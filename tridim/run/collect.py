@@ -403,6 +403,11 @@ def collect(
         sample_fraction=sample_fraction,
     )
     recipe = user_recipe(finetune, evaluate, higher_is_better=higher_is_better)
+    if executor is not None and recipe is not None and recipe.checkpoints_epochs:
+        raise ValueError(
+            "executor runs trials side by side, but a finetune object with state_dict() is "
+            "one object for every trial: drop executor, or pass a plain finetune function"
+        )
     data = run_data(model, data, recipe, example_input, probe_data, sample_fraction, cluster)
     settings = for_run_data(settings.for_model(model), data, recipe)
     extra = None if recipe is None else {"recipe": recipe.describe()}
@@ -474,8 +479,9 @@ def open_run(
     execution: Execution | None = None,
     recipe: Recipe | None = None,
 ) -> TrialContext:
-    """Check the model against the data and settings, open the run folder, and return
-    the context every trial of the run shares.
+    """Check the model against the data and settings (``sample_fraction`` resolved:
+    :func:`for_run_data`), open the run folder, and return the context every trial of
+    the run shares.
 
     Raises
     ------
@@ -484,8 +490,9 @@ def open_run(
         folder holds a different run (:class:`~tridim.run.store.RunMismatch`).
     """
     check_model_fits_data(model, data)
+    if settings.sample_fraction == "auto":
+        raise ValueError("settings.sample_fraction is 'auto': resolve it with for_run_data first")
     input_size = check_input_size(data.input_shape)
-    settings = settings.for_data(len(data.train))
     base = copy.deepcopy(model).eval()
     execution = execution or Execution()
     # under torchrun: join the process group, one device per rank

@@ -206,7 +206,7 @@ def _read_weights(folder: Path, model: nn.Module) -> dict:
     tensors, weights = folder / _SAFETENSORS, folder / _WEIGHTS
     if tensors.is_file():
         try:
-            state, source = safetensors.torch.load(tensors.read_bytes()), tensors
+            state, source = safetensors.torch.load_file(tensors), tensors
         except Exception as error:  # a truncated or foreign file
             raise ValueError(f"{tensors} is not a readable safetensors file: {error}") from None
     elif weights.is_file():

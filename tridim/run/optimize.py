@@ -46,7 +46,6 @@ from tridim.run.cluster import RayTrials, ray_trials
 from tridim.run.collect import CollectionSettings, for_run_data, open_run, run_collection, run_data
 from tridim.run.optimize_arguments import (
     OptimizeSettings,
-    cheapest_ratio,
     check_predictor_covers,
     check_reachable,
     ends_alone,
@@ -81,7 +80,6 @@ __all__ = [
     "optimize",
     "CompressionResult",
     "OptimizeSettings",
-    "cheapest_ratio",
     "check_predictor_covers",
     "run_cost",
 ]
@@ -246,7 +244,7 @@ def optimize(
         Samples and refine trials finetune on this fraction of the training split (the
         same seeded subset for all); the final model trains on all of it. ``"auto"``
         (default): all of a split of up to 2,500 images, else 2,500 of them but at least
-        a quarter (:func:`~tridim.collect.auto_sample_fraction`).
+        a quarter (:func:`~tridim.run.collect.auto_sample_fraction`).
     lr : float
         Peak finetuning learning rate.
     seed : int
@@ -461,13 +459,15 @@ class _Pipeline:
                 )
                 samples = samples + [sample]
                 refinements.append(record)
-                stage.advance(f"refine:{iteration} accuracy {sample.accuracy:.4f}")
+                score = context.recipe.plain(sample.accuracy)
+                stage.advance(f"refine:{iteration} {context.recipe.score_name} {score:.4f}")
                 if record["settled"]:
                     break
         self.seconds["refine"] = time.perf_counter() - started
         with Stage("final", 1, quiet=context.quiet) as stage:
             final = self._run_trial(self._final_trial(solution), keep_model=True)
-            stage.advance(f"test accuracy {final.sample.accuracy:.4f}")
+            score = context.recipe.plain(final.sample.accuracy)
+            stage.advance(f"test {context.recipe.score_name} {score:.4f}")
         self.seconds["realise"] = final.seconds.get("cut", 0.0)
         self.seconds["finetune"] = final.seconds.get("train", 0.0)
         return self._finish(final, solution, predictor, samples, refinements, base_accuracy)

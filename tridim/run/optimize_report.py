@@ -12,6 +12,7 @@ figures mean (:func:`samples_meaning`, :func:`context_record`,
 from __future__ import annotations
 
 import torch.nn as nn
+from torch.utils.data import TensorDataset
 
 from tridim.budget.latency import PreparedBudget
 from tridim.cost.macs import count_params
@@ -183,8 +184,10 @@ def compute_of_run(
 ) -> dict:
     """What this run's trials cost (a reused predictor's collection cost nothing here).
 
-    ``local``: every trial ran in this process (no cluster), so teacher outputs were
-    computed once per training set instead of at every step.
+    ``local``: every trial ran in this process (no cluster), so tridim's loop computed the
+    teacher's outputs once per in-memory training set it distilled on, instead of at
+    every step (counted from these facts, not from what this process happened to run:
+    a resumed run reports what the first attempt did).
     """
     collected = [] if reused_predictor else samples[: len(samples) - refined]
     stages = {
@@ -192,23 +195,26 @@ def compute_of_run(
         "refine": samples[len(samples) - refined :],
         "final": [final.sample],
     }
-    full = len(context.data.train)
-    sampled = len((context.sample_data or context.data).train)
-    recipe = context.recipe
-    own = isinstance(recipe, OwnLoop)  # a user's loop: images unknown
-    # teacher outputs computed once per training set here, not at every step
-    passes = recipe.teacher_passes() if own and local else []
-    record = {}
+    full = context.data.train
+    sampled = (context.sample_data or context.data).train
+    own = isinstance(context.recipe, OwnLoop)  # a user's loop: images unknown
+
+    def outputs_cached(dataset) -> bool:  # OwnLoop's rule: in memory, trials in this process
+        return distill and own and local and isinstance(dataset, TensorDataset)
+
+    record, passes = {}, {}
     for name, members in stages.items():
-        images = full if name == "final" else sampled
+        dataset = full if name == "final" else sampled
+        if members and outputs_cached(dataset):
+            passes[id(dataset)] = len(dataset)  # one teacher pass per training set
         record[name] = stage_cost(
             members,
-            train_images=images if own else None,
-            distill=distill and not passes,
-            data_share=images / full,
+            train_images=len(dataset) if own else None,
+            distill=distill and not outputs_cached(dataset),
+            data_share=len(dataset) / len(full),
         )
     if passes:
-        record["teacher"] = teacher_cost(passes, full)
+        record["teacher"] = teacher_cost(list(passes.values()), len(full))
     return compute_record(record, base_training_epochs)
 
 

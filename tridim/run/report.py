@@ -27,6 +27,7 @@ from tridim.search.solver import solve
 from tridim.search.space import flops_cost
 
 __all__ = [
+    "markdown_table",
     "format_table",
     "render_report_markdown",
     "samples_table",
@@ -78,6 +79,24 @@ def format_table(
         "| " + " | ".join(_cell(row.get(c), float_format) for c in columns) + " |" for row in rows
     ]
     return "\n".join(lines)
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows as a Markdown table, floats to 4 significant digits; ``(no rows)`` if empty.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        One dict per row.
+    columns : sequence of str, optional
+        The columns, in order (default: the keys of the rows).
+
+    Returns
+    -------
+    str
+        The table, or ``"(no rows)"``.
+    """
+    return format_table(rows, columns, float_format=".4g") or "(no rows)"
 
 
 def _cell(value: Any, float_format: str) -> str:

@@ -45,7 +45,6 @@ from tridim.search.predictor_json import SCHEMA_VERSION, read_predictor, write_p
 __all__ = [
     "LowRankPolynomialRegressor",
     "leave_one_out_residuals",
-    "rms",
     "EXPECTED_FAILED_CHECKS",
     "SCHEMA_VERSION",
 ]

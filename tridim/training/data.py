@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
+from torch.utils.weak import WeakIdKeyDictionary
 
 __all__ = [
     "DataBundle",
@@ -127,19 +127,27 @@ class DataBundle:
         )
 
 
-#: In-memory datasets already copied to a device: {dataset: {device: tensors}}.
-_ON_DEVICE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+#: Tensors of in-memory datasets already copied to a device: {tensor: {device: copy}}.
+#: Kept per tensor, not per dataset: a training set that gains a column (the teacher's
+#: outputs, :func:`tridim.training.train.train`) reuses the copies of its images and labels.
+_ON_DEVICE = WeakIdKeyDictionary()
 
 
 def _tensors_on(dataset: TensorDataset, device: torch.device | None) -> tuple:
-    """The dataset's tensors on ``device``, copied once per dataset and device."""
+    """The dataset's tensors on ``device``, each copied once per device."""
     if device is not None and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())  # one key per GPU
-    if device is None or all(t.device == device for t in dataset.tensors):
+    if device is None:
         return dataset.tensors
-    copies = _ON_DEVICE.setdefault(dataset, {})
+    return tuple(_tensor_on(tensor, device) for tensor in dataset.tensors)
+
+
+def _tensor_on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if tensor.device == device:
+        return tensor
+    copies = _ON_DEVICE.setdefault(tensor, {})
     if device not in copies:
-        copies[device] = tuple(t.to(device) for t in dataset.tensors)
+        copies[device] = tensor.to(device)
     return copies[device]
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -119,9 +120,16 @@ class OwnLoop(Recipe):
 
     def __post_init__(self) -> None:
         self._teacher_outputs: dict = {}
+        self._lock = threading.Lock()  # trials in threads (collect's executor) share it
 
     def __getstate__(self) -> dict:  # worker processes compute their own
-        return {**self.__dict__, "_teacher_outputs": {}}
+        return {key: value for key, value in self.__dict__.items() if key != "_lock"} | {
+            "_teacher_outputs": {}
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def finetune(self, model, trial, *, teacher, checkpoint_path, quiet, execution) -> None:
         data = self.training_data(trial)
@@ -149,15 +157,11 @@ class OwnLoop(Recipe):
         if teacher is None or not isinstance(dataset, TensorDataset):
             return None
         key = (id(teacher), id(dataset), execution.precision)
-        if key not in self._teacher_outputs:  # teacher and dataset kept alive with it
-            outputs = teacher_outputs(teacher, dataset, precision=execution.precision)
-            self._teacher_outputs[key] = (teacher, dataset, outputs)
-        return self._teacher_outputs[key][2]
-
-    def teacher_passes(self) -> list[int]:
-        """The size of each training set whose teacher outputs this process computed
-        (one teacher forward pass over it each)."""
-        return [len(dataset) for _, dataset, _ in self._teacher_outputs.values()]
+        with self._lock:
+            if key not in self._teacher_outputs:  # teacher and dataset kept alive with it
+                outputs = teacher_outputs(teacher, dataset, precision=execution.precision)
+                self._teacher_outputs[key] = (teacher, dataset, outputs)
+            return self._teacher_outputs[key][2]
 
     def training_data(self, trial) -> DataBundle:
         """What ``trial`` finetunes on: the sample subset, except for the final model."""

@@ -485,7 +485,7 @@ def train(
     total_steps = steps if max_steps is None else min(steps, int(max_steps))
     first_epoch, step = _resume(checkpoint_path, model, optimizer, history)
     loader = data.loader("train", batch_size, seed=seed + first_epoch, device=placed, shard=shard)
-    if teacher is not None:
+    if teacher is not None and teacher_outputs is None:  # else the teacher never runs
         execution.place(teacher)
         teacher.eval()
     loop = _Loop(
