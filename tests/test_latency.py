@@ -66,6 +66,20 @@ def test_macs_cost_model_is_the_measured_macs_at_grid_points(base):
     assert np.all(np.diff(values) > 0)  # more of a dimension never costs less
 
 
+def test_cost_model_interpolates_bilinearly_in_log_width_and_resolution(base):
+    """Between grid points the cost is the bilinear interpolation of the measured grid in
+    (log w, log r), as scipy's RegularGridInterpolator computes it; outside, clamped."""
+    from scipy.interpolate import RegularGridInterpolator
+
+    cost = CostModel(base, SIZE, macs_cost, widths=(0.3, 0.6, 1.0), resolutions=(0.5, 0.8, 1.0))
+    axes = (np.log(cost.widths), np.log(cost.resolutions))
+    total = RegularGridInterpolator(axes, (cost.fixed + cost.movable) / cost.base_cost)
+    w, r = np.random.default_rng(1).uniform([0.3, 0.5], [1.0, 1.0], size=(200, 2)).T
+    expected = total(np.stack([np.log(w), np.log(r)], axis=1))
+    np.testing.assert_allclose(cost(np.ones_like(w), w, r), expected, rtol=1e-12)
+    assert float(cost(1, 0.1, 0.2)) == pytest.approx(float(cost(1, 0.3, 0.5)))
+
+
 def test_cost_model_reads_back_from_its_description(base):
     cost = CostModel(base, SIZE, macs_cost, widths=(0.3, 0.6, 1.0), resolutions=(0.5, 1.0))
     again = CostModel.from_dict(json.loads(json.dumps(cost.describe())))

@@ -14,7 +14,8 @@ from tridim.run.collect import collect
 from tridim.run.optimize import WIDTH_STEP, settled
 from tridim.run.store import RunStore
 from tridim.search.design import mixed_triples, simplex_splits
-from tridim.search.samples import Sample
+from tridim.search.predictor import leave_one_out_residuals
+from tridim.search.samples import Sample, samples_to_xy
 from tridim.search.selection import TooFewSamples, select_on_samples
 from tridim.search.space import Triple
 
@@ -100,15 +101,20 @@ def test_selection_picks_the_degree_the_data_needs():
     linear = select_on_samples(
         _synthetic(lambda X: (0.5 + 0.5 * X[:, 0]) * (0.6 + 0.4 * X[:, 1]) * (0.7 + 0.3 * X[:, 2]))
     )
-    curved = select_on_samples(
-        _synthetic(lambda X: (1 - (1 - X[:, 0]) ** 2) * (1 - 0.8 * (1 - X[:, 1]) ** 2))
-    )
+    curved_samples = _synthetic(lambda X: (1 - (1 - X[:, 0]) ** 2) * (1 - 0.8 * (1 - X[:, 1]) ** 2))
+    curved = select_on_samples(curved_samples)
     assert (linear.predictor.degree, linear.predictor.rank) == (1, 1)
     assert curved.predictor.degree >= 2
     table = curved.to_dict()
     scored = [c["loo_rmse"] for c in table["candidates"] if c["loo_rmse"] is not None]
     assert scored == sorted(scored)
     assert table["degree"] == 2 and table["rank"] == 1  # as good as degree 3, and simpler
+    # the chosen candidate's leave-one-out residuals are remembered, not refitted, and
+    # are its own (not another candidate's)
+    fresh = leave_one_out_residuals(curved.predictor, *samples_to_xy(curved_samples))
+    np.testing.assert_allclose(curved.predictor.loo_residuals(), fresh)
+    chosen = next(c for c in table["candidates"] if (c["degree"], c["rank"]) == (2, 1))
+    assert curved.predictor.summary()["loo_rmse"] == pytest.approx(chosen["loo_rmse"])
     with pytest.raises(TooFewSamples, match="too few to choose a predictor"):
         select_on_samples(_synthetic(lambda X: X[:, 0], n=4))
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from tridim.bench.zoo import STEPS, summary, sweep_model
@@ -53,3 +56,20 @@ def test_timm_models_build_without_weights_and_prune():
     pytest.importorskip("timm")
     row = sweep_model("timm:mobilenetv3_small_100", size=64)
     assert row["width"] == "ok" and row["reload"] == "ok", row
+
+
+def test_the_command_line_skips_timm_until_a_timm_model_needs_it():
+    """torch_pruning's own timm import (its op counter, unused) is skipped by the command
+    line, and a timm model still builds and prunes afterwards."""
+    pytest.importorskip("timm")
+    script = (
+        "import sys\n"
+        "from tridim.cli import _import_torch_pruning_without_timm\n"
+        "_import_torch_pruning_without_timm()\n"
+        "assert 'torch_pruning' in sys.modules and 'timm' not in sys.modules, 'timm imported'\n"
+        "from tridim.bench.zoo import sweep_model\n"
+        "row = sweep_model('timm:mobilenetv3_small_100', size=64)\n"
+        "assert row['width'] == 'ok', row\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

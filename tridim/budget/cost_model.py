@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from scipy.interpolate import RegularGridInterpolator
 
 from tridim.cost.latency import LatencyTable, LayerShape, layer_calls
 from tridim.prune.depth import find_blocks
@@ -40,6 +39,24 @@ DEFAULT_WIDTHS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.85, 1.0)
 DEFAULT_RESOLUTIONS = (0.25, 0.4, 0.55, 0.7, 0.85, 1.0)
 
 LayerCost = Callable[[LayerShape, nn.Module], float]
+
+
+def _cell(axis: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For values inside a sorted grid axis: each one's cell (index of its lower end) and
+    its position in that cell, from 0 to 1."""
+    if len(axis) == 1:
+        return np.zeros(values.shape, dtype=int), np.zeros(values.shape)
+    index = np.clip(np.searchsorted(axis, values, side="right") - 1, 0, len(axis) - 2)
+    return index, (values - axis[index]) / (axis[index + 1] - axis[index])
+
+
+def _bilinear(grid: np.ndarray, i: np.ndarray, ti: np.ndarray, j: np.ndarray, tj: np.ndarray):
+    """Bilinear interpolation of ``grid`` at cells (i, j) and positions (ti, tj)."""
+    i1 = np.minimum(i + 1, grid.shape[0] - 1)
+    j1 = np.minimum(j + 1, grid.shape[1] - 1)
+    low = (1 - tj) * grid[i, j] + tj * grid[i, j1]
+    high = (1 - tj) * grid[i1, j] + tj * grid[i1, j1]
+    return (1 - ti) * low + ti * high
 
 
 def macs_cost(shape: LayerShape, module: nn.Module | None = None) -> float:
@@ -115,9 +132,7 @@ class CostModel:
     def _set_grid(self, fixed: np.ndarray, movable: np.ndarray) -> None:
         self.fixed, self.movable = fixed, movable
         self.base_cost = float(self.fixed[-1, -1] + self.movable[-1, -1])
-        grid = (np.log(self.widths), np.log(self.resolutions))
-        self._fixed = RegularGridInterpolator(grid, self.fixed)
-        self._movable = RegularGridInterpolator(grid, self.movable)
+        self._log_widths, self._log_resolutions = np.log(self.widths), np.log(self.resolutions)
 
     @classmethod
     def from_dict(cls, description: dict, source: str = "cost model") -> CostModel:
@@ -170,9 +185,8 @@ class CostModel:
         d, w, r = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (d, w, r)))
         logw = np.log(np.clip(w, self.widths[0], 1.0))
         logr = np.log(np.clip(r, self.resolutions[0], 1.0))
-        points = np.stack([logw.ravel(), logr.ravel()], axis=1)
-        fixed = self._fixed(points).reshape(d.shape)
-        movable = self._movable(points).reshape(d.shape)
+        (i, tw), (j, tr) = _cell(self._log_widths, logw), _cell(self._log_resolutions, logr)
+        fixed, movable = (_bilinear(grid, i, tw, j, tr) for grid in (self.fixed, self.movable))
         return (fixed + self._kept_share(d) * movable) / self.base_cost
 
     def _kept_share(self, d: np.ndarray) -> np.ndarray:

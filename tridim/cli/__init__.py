@@ -58,6 +58,25 @@ def _raised_by_tridim(error: BaseException) -> bool:
     return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(PACKAGE_FOLDER)
 
 
+def _import_torch_pruning_without_timm() -> None:
+    """Import torch_pruning without the timm import it makes for its own op counter.
+
+    torch_pruning imports timm (0.6-1.4 s here, with timm's web clients) only to hook
+    timm's attention layers in its operation counter, which tridim never calls: it counts
+    MACs itself. This process runs nothing else that could call that counter, and timm
+    still imports normally afterwards (``--model timm:...``).
+    """
+    if "torch_pruning" in sys.modules or "timm" in sys.modules:
+        return
+    sys.modules["timm"] = None  # makes ``import timm`` raise ImportError, which it catches
+    try:
+        import torch_pruning  # noqa: F401
+    except ImportError:
+        pass  # not installed: the commands that need it say so
+    finally:
+        del sys.modules["timm"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tridim`` command; returns the exit status.
 
@@ -72,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "handler"):
         parser.print_help(sys.stderr)
         return 2
+    _import_torch_pruning_without_timm()
     try:
         return int(args.handler(args) or 0)
     except (ValueError, TypeError, OSError, ImportError) as error:

@@ -437,14 +437,14 @@ class _Pipeline:
 
     def run(self, predictor: LowRankPolynomialRegressor | None) -> CompressionResult:
         context = self.context
-        if model_device(context.base).type == "cpu":
-            start_worker()  # the report's timings need it; it starts while the search runs
         seed_everything(self.collection.seed)
         base_accuracy = evaluate_split(context.base, "test", context)
         if predictor is None:
             samples = self._timed("collect", self._collect)
+            self._start_timing_worker()
             predictor = self._timed("fit", self._fit, samples)
         else:
+            self._start_timing_worker()
             check_predictor_covers(predictor, self.target, self.cost)
             samples = _training_samples(predictor)
             self.seconds.update(collect=0.0, fit=0.0)
@@ -471,6 +471,13 @@ class _Pipeline:
         self.seconds["realise"] = final.seconds.get("cut", 0.0)
         self.seconds["finetune"] = final.seconds.get("train", 0.0)
         return self._finish(final, solution, predictor, samples, refinements, base_accuracy)
+
+    def _start_timing_worker(self) -> None:
+        """Start the report's timing process (a fresh interpreter importing torch) now: the
+        fit and solve that follow use one core, so its start costs the search less than
+        beside the collection's trials, which use all of them."""
+        if model_device(self.context.base).type == "cpu":
+            start_worker()
 
     def _macs_model(self) -> CostModel:
         """The MACs of any triple from the real layer shapes (see :mod:`tridim.budget.cost_model`)."""

@@ -121,7 +121,11 @@ def evaluate(coef: np.ndarray, powers: np.ndarray) -> np.ndarray:
 
 def _others_product(values: np.ndarray, j: int) -> np.ndarray:
     """Product over every column but ``j``: shape (rank, n_samples)."""
-    return np.prod(np.delete(values, j, axis=1), axis=1)
+    product = np.ones_like(values[:, 0])
+    for k in range(values.shape[1]):
+        if k != j:
+            product = product * values[:, k]
+    return product
 
 
 def _objective(coef: np.ndarray, powers: np.ndarray, y: np.ndarray, alpha: float) -> float:

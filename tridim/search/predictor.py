@@ -200,6 +200,7 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
         self.coef_ = coef
         self.n_iter_ = n_iter
         self.train_rmse_ = rms(self.predict(X) - y)
+        self._loo = None  # leave-one-out residuals, computed on first use
         return self
 
     def _check_params(self) -> None:
@@ -319,8 +320,8 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
         """Leave-one-out residuals ``y_i - F_{-i}(x_i)`` on the training data.
 
         Each ``F_{-i}`` is a full refit (same parameters, all starts) without sample
-        ``i``: :func:`leave_one_out_residuals` on ``X_train_`` and ``y_train_``, which
-        raises ValueError when a refit on ``n_samples - 1`` samples is not possible (too
+        ``i``: :func:`leave_one_out_residuals` on ``X_train_`` and ``y_train_`` (computed
+        once per fit, then remembered), which raises ValueError when a refit on ``n_samples - 1`` samples is not possible (too
         few samples and ``alpha == 0``).
 
         Returns
@@ -328,7 +329,14 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
         ndarray of shape (n_samples,)
         """
         check_is_fitted(self)
-        return leave_one_out_residuals(self, self.X_train_, self.y_train_)
+        if getattr(self, "_loo", None) is None:
+            self._loo = leave_one_out_residuals(self, self.X_train_, self.y_train_)
+        return self._loo.copy()
+
+    def _remember_loo(self, residuals: np.ndarray) -> None:
+        """Keep leave-one-out residuals already computed with this estimator's parameters
+        on its training data (a selection's), so :meth:`loo_residuals` need not refit."""
+        self._loo = np.array(residuals, dtype=float)
 
     def loo_rmse(self) -> float:
         """Root mean squared leave-one-out error on the training data."""

@@ -199,8 +199,8 @@ def select_on_samples(
                 estimator = LowRankPolynomialRegressor(
                     degree=degree, rank=rank, random_state=random_state
                 )
-                residuals = leave_one_out_residuals(estimator, X, y)
-                row["loo_rmse"] = rms(residuals)
+                row["loo_residuals"] = leave_one_out_residuals(estimator, X, y)
+                row["loo_rmse"] = rms(row["loo_residuals"])
             rows.append(row)
     scored = [r for r in rows if r["loo_rmse"] is not None]
     if not scored:
@@ -216,5 +216,8 @@ def select_on_samples(
     chosen = LowRankPolynomialRegressor(
         degree=best["degree"], rank=best["rank"], random_state=random_state
     ).fit(X, y)
+    chosen._remember_loo(best["loo_residuals"])  # the same refits: same parameters, data
+    for row in scored:
+        del row["loo_residuals"]
     unscored = [r for r in rows if r["loo_rmse"] is None]
     return Selection(chosen, scored + unscored)
