@@ -16,8 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "tridim"
 LAYERS = ("search", "training", "cost", "prune", "budget", "run", "cli")
 LEAVES = ("bench",)  # may import any layer; nothing imports them
 TOP_LEVEL = ("__init__.py", "__main__.py", "atomic.py")  # modules that belong to no layer
-# Modules of torch layers that are torch-free too: `tridim report` renders without torch.
-ALSO_TORCH_FREE = ("tridim.run.report", "tridim.run.compute", "tridim.atomic")
+# Modules of torch layers that are torch-free too: `tridim report` renders without torch,
+# and the command line starts the timing subprocess before it imports torch.
+ALSO_TORCH_FREE = (
+    "tridim.run.report",
+    "tridim.run.compute",
+    "tridim.atomic",
+    "tridim.cost.timing_process",
+)
 
 
 def _library_modules(*, with_cli: bool = False):

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tridim.cost import timing
+from tridim.cost import timing, timing_process
 from tridim.cost.runtimes import time_forward, time_ratio
 from tridim.prune.resolution import with_resolution
 from tridim.run.report import describe_timing
@@ -125,16 +125,16 @@ def test_the_subprocess_times_in_the_fixed_heap_state(base):
     state = time_forward(base, SIZE, 2, repeats=3, threads=1)["state"]
     assert state["process"] == "subprocess" and state["allocator"] == "fixed-heap"
     assert state["mmap_threshold"] and state["threads"] == 1
-    worker = timing._worker
+    worker = timing_process._worker
     assert worker is not None and worker.alive()
     time_ratio(with_resolution(base, 0.5, SIZE), base, SIZE, 2, repeats=4, rounds=2)
-    assert timing._worker is worker  # one process, reused
+    assert timing_process._worker is worker  # one process, reused
 
 
 def test_a_dead_timing_process_is_replaced(base):
     time_forward(base, SIZE, 2, repeats=3, threads=1)
-    timing._worker.process.kill()
-    timing._worker.process.wait()
+    timing_process._worker.process.kill()
+    timing_process._worker.process.wait()
     assert time_forward(base, SIZE, 2, repeats=3, threads=1)["state"]["process"] == "subprocess"
 
 

@@ -31,7 +31,6 @@ or it does not pickle) is timed in the caller's process, and ``state`` says why.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import copy
 import ctypes
@@ -39,15 +38,11 @@ import io
 import json
 import os
 import statistics
-import struct
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +50,15 @@ import torch
 import torch.nn as nn
 
 from tridim.cost.onnx import write_onnx
+from tridim.cost.timing_process import (
+    TimingSetup,
+    configure,
+    current_setup,
+    lock,
+    read_frame,
+    worker_for,
+    write_frame,
+)
 from tridim.search.space import check_input_size
 from tridim.training.device import Execution, eval_mode, model_device, synchronize
 
@@ -77,77 +81,7 @@ RUNTIMES = ("eager", "onnxruntime")
 SPREAD_LIMIT = 0.15
 #: Attempts at a set of rounds before a result is returned unstable.
 MAX_ATTEMPTS = 3
-#: Named allocator states (anything else must be a shared library to preload).
-ALLOCATORS = ("fixed-heap", "system")
-PROCESSES = ("subprocess", "in-process")
-
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-@dataclass(frozen=True)
-class TimingSetup:
-    """The controlled state CPU timings run in.
-
-    Attributes
-    ----------
-    allocator : str
-        ``"fixed-heap"``, ``"system"`` or the path of an allocator library to preload.
-    process : {"subprocess", "in-process"}
-        Time in the dedicated subprocess (the default), or in the caller's process.
-    """
-
-    allocator: str = "fixed-heap"
-    process: str = "subprocess"
-
-    def __post_init__(self) -> None:
-        if self.allocator not in ALLOCATORS and not Path(self.allocator).is_file():
-            raise ValueError(
-                f"allocator must be one of {', '.join(ALLOCATORS)} or the path of a shared "
-                f"library to preload (e.g. /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4); "
-                f"got {self.allocator!r}, which is neither"
-            )
-        if self.process not in PROCESSES:
-            raise ValueError(f"process must be one of {', '.join(PROCESSES)}, got {self.process!r}")
-
-
-_lock = threading.Lock()
-_setup: TimingSetup | None = None
-_worker: _Worker | None = None
-
-
-def current_setup() -> TimingSetup:
-    """The setup in force: the last :func:`configure`, else the environment's
-    ``TRIDIM_TIMING_ALLOCATOR`` and ``TRIDIM_TIMING_PROCESS``, else the defaults."""
-    global _setup
-    if _setup is None:
-        _setup = TimingSetup(
-            allocator=os.environ.get("TRIDIM_TIMING_ALLOCATOR", "fixed-heap"),
-            process=os.environ.get("TRIDIM_TIMING_PROCESS", "subprocess"),
-        )
-    return _setup
-
-
-def configure(*, allocator: str | None = None, process: str | None = None) -> TimingSetup:
-    """Set the timing state for this process's later timings; returns it.
-
-    Examples
-    --------
-    >>> configure(allocator="system").allocator
-    'system'
-    >>> configure(allocator="fixed-heap").allocator
-    'fixed-heap'
-    """
-    global _setup
-    now = current_setup()
-    chosen = TimingSetup(
-        allocator=now.allocator if allocator is None else allocator,
-        process=now.process if process is None else process,
-    )
-    with _lock:
-        if chosen != _setup:
-            _close_worker()
-        _setup = chosen
-    return chosen
 
 
 def check_runtime(runtime: str) -> str:
@@ -253,8 +187,8 @@ def time_models(
         if isinstance(payload, str):
             why_in_process = payload
         else:
-            with _lock:
-                answer = _worker_for(setup).ask(payload)
+            with lock:
+                answer = worker_for(setup).ask(payload)
             if "error" not in answer:
                 return answer
             why_in_process = answer["error"]
@@ -462,96 +396,6 @@ def _payload(models: Mapping[str, nn.Module], request: dict) -> bytes | str:
     return buffer.getvalue()
 
 
-class _Worker:
-    """The timing subprocess: length-prefixed requests in, JSON answers out."""
-
-    def __init__(self, setup: TimingSetup) -> None:
-        self.setup = setup
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env["TRIDIM_TIMING_ALLOCATOR"] = setup.allocator
-        if setup.allocator not in ALLOCATORS:
-            env["LD_PRELOAD"] = setup.allocator
-        self.log = tempfile.TemporaryFile()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tridim.cost.timing"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=env,
-        )
-
-    def ask(self, payload: bytes) -> dict:
-        try:
-            _write_frame(self.process.stdin, payload)
-            return json.loads(_read_frame(self.process.stdout))
-        except (OSError, EOFError, ValueError) as error:
-            self.log.seek(0)
-            tail = self.log.read().decode(errors="replace").strip().splitlines()[-3:]
-            self.close()
-            return {"error": f"the timing process failed ({error}): {' / '.join(tail)}"}
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def _worker_for(setup: TimingSetup) -> _Worker:
-    global _worker
-    if _worker is None or _worker.setup != setup or not _worker.alive():
-        _close_worker()
-        _worker = _Worker(setup)
-    return _worker
-
-
-def start_worker() -> None:
-    """Start the timing subprocess now, so that its start (a fresh interpreter importing
-    torch, about 1.5 s) overlaps the caller's work instead of delaying the first timing.
-
-    Does nothing when timings run in-process (:func:`configure`) or the worker runs.
-    """
-    setup = current_setup()
-    if setup.process == "subprocess":
-        with _lock:
-            _worker_for(setup)
-
-
-def _close_worker() -> None:
-    global _worker
-    if _worker is not None:
-        _worker.close()
-        _worker = None
-
-
-atexit.register(_close_worker)
-
-
-def _write_frame(stream, data: bytes) -> None:
-    stream.write(struct.pack("<Q", len(data)))
-    stream.write(data)
-    stream.flush()
-
-
-def _read_frame(stream) -> bytes:
-    header = stream.read(8)
-    if len(header) < 8:
-        raise EOFError("the timing process closed its output")
-    (length,) = struct.unpack("<Q", header)
-    data = stream.read(length)
-    if len(data) < length:
-        raise EOFError("the timing process stopped mid-answer")
-    return data
-
-
 def _fix_heap() -> dict:
     """Pin glibc's mmap and trim thresholds; returns what glibc accepted."""
     try:
@@ -580,20 +424,20 @@ def serve(stdin=None, stdout=None) -> None:
     warnings.simplefilter("ignore")
     while True:
         try:
-            frame = _read_frame(stdin)
+            frame = read_frame(stdin)
         except EOFError:
             return
         try:
             # The payload comes from the parent process over its own pipe, never from a file.
             message = torch.load(io.BytesIO(frame), weights_only=False)
         except Exception as error:  # noqa: BLE001  (e.g. a class this process cannot import)
-            _write_frame(stdout, json.dumps({"error": f"cannot load the models: {error}"}).encode())
+            write_frame(stdout, json.dumps({"error": f"cannot load the models: {error}"}).encode())
             continue
         request = message["request"]
         runners = {name: _runner(m, request) for name, m in message["models"].items()}
         result = _measure(runners, request)
         result["state"].update(state)
-        _write_frame(stdout, json.dumps(result).encode())
+        write_frame(stdout, json.dumps(result).encode())
 
 
 if __name__ == "__main__":

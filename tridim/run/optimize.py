@@ -41,7 +41,7 @@ import torch.nn as nn
 from tridim.budget.cost_model import CostModel, macs_cost
 from tridim.budget.latency import PreparedBudget, prepare_budget
 from tridim.cost.macs import check_input_size
-from tridim.cost.timing import start_worker
+from tridim.cost.timing_process import start_worker
 from tridim.run.cluster import RayTrials, ray_trials
 from tridim.run.collect import CollectionSettings, for_run_data, open_run, run_collection, run_data
 from tridim.run.optimize_arguments import (
