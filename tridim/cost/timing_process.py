@@ -121,10 +121,8 @@ class _Worker:
             stderr=self.log,
             env=env,
         )
-        self.asked = False
 
     def ask(self, payload: bytes) -> dict:
-        self.asked = True
         try:
             write_frame(self.process.stdin, payload)
             return json.loads(read_frame(self.process.stdout))
@@ -138,15 +136,13 @@ class _Worker:
         return self.process.poll() is None
 
     def close(self) -> None:
-        if not self.asked:  # started ahead and never used (a run that failed early)
-            self.process.kill()
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        # It holds nothing to save: killed, it ends at once, where closing its input would
+        # wait about half a second for its interpreter (with torch) to tear down.
+        self.process.kill()
+        self.process.wait()
+        for stream in (self.process.stdin, self.process.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()
         self.log.close()
 
 
