@@ -179,3 +179,19 @@ def test_in_process_timing_when_configured(base):
         assert state["process"] == "in-process" and state["why_in_process"] == "configured"
     finally:
         timing.configure(process="subprocess", allocator="fixed-heap")
+
+
+def test_the_command_line_starts_the_timing_process_only_for_an_optimize_run_on_the_cpu():
+    """`tridim optimize` starts its timing subprocess before importing torch; other
+    commands, help and GPU runs do not start one, and closing it ends it at once."""
+    from tridim.cli import _start_timing_process_early
+
+    timing_process.close_worker()
+    for argv in (["train"], ["optimize", "--help"], ["optimize", "--device", "cuda"]):
+        _start_timing_process_early(argv)
+        assert timing_process._worker is None, argv
+    _start_timing_process_early(["--debug", "optimize", "--device=cpu", "--target", "0.4"])
+    worker = timing_process._worker
+    assert worker is not None and worker.alive()
+    timing_process.close_worker()
+    assert worker.process.poll() is not None and timing_process._worker is None
