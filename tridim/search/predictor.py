@@ -321,8 +321,8 @@ class LowRankPolynomialRegressor(RegressorMixin, BaseEstimator):
 
         Each ``F_{-i}`` is a full refit (same parameters, all starts) without sample
         ``i``: :func:`leave_one_out_residuals` on ``X_train_`` and ``y_train_`` (computed
-        once per fit, then remembered), which raises ValueError when a refit on ``n_samples - 1`` samples is not possible (too
-        few samples and ``alpha == 0``).
+        once per fit, then remembered), which raises ValueError when a refit on
+        ``n_samples - 1`` samples is not possible (too few samples and ``alpha == 0``).
 
         Returns
         -------
