@@ -22,10 +22,9 @@ from tridim.training import models
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def fitted_run(tiny, base_model, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    result = tridim.optimize(
+def _small_run(base_model, tiny, workdir):
+    """The module's optimize run: small, and the same settings every time it is called."""
+    return tridim.optimize(
         base_model,
         tiny,
         0.5,
@@ -39,7 +38,12 @@ def fitted_run(tiny, base_model, tmp_path_factory):
         latency_batch=8,
         base_training_epochs=3,  # conftest's base_model
     )
-    return workdir, result
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tiny, base_model, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    return workdir, _small_run(base_model, tiny, workdir)
 
 
 def _refuse_training(*args, **kwargs):
@@ -309,20 +313,7 @@ def test_a_finished_run_run_again_reports_the_same_cost(
     again = tmp_path / "again"
     shutil.copytree(workdir, again)
     monkeypatch.setattr("tridim.training.recipe.train", _refuse_training)
-    rerun = tridim.optimize(
-        base_model,
-        tiny,
-        0.5,
-        workdir=again,
-        rounds=2,
-        epochs_per_step=1,
-        final_epochs=1,
-        refine=0,
-        quiet=True,
-        latency_repeats=3,
-        latency_batch=8,
-        base_training_epochs=3,
-    )
+    rerun = _small_run(base_model, tiny, again)
     for part in ("search", "total"):
         for key in ("base_trainings", "images", "trials"):
             assert rerun.report["compute"][part][key] == result.report["compute"][part][key]

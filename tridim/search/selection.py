@@ -190,7 +190,7 @@ def select_on_samples(
     ranks = AUTO_RANKS if ranks == "auto" else np.atleast_1d(ranks).tolist()
     for value in (*degrees, *ranks):
         check_int(value, "degree and rank", minimum=1)
-    rows = []
+    rows, residuals = [], {}
     for degree in degrees:
         for rank in ranks:
             n_params = count_params(X.shape[1], degree, rank)
@@ -199,8 +199,8 @@ def select_on_samples(
                 estimator = LowRankPolynomialRegressor(
                     degree=degree, rank=rank, random_state=random_state
                 )
-                row["loo_residuals"] = leave_one_out_residuals(estimator, X, y)
-                row["loo_rmse"] = rms(row["loo_residuals"])
+                residuals[degree, rank] = leave_one_out_residuals(estimator, X, y)
+                row["loo_rmse"] = rms(residuals[degree, rank])
             rows.append(row)
     scored = [r for r in rows if r["loo_rmse"] is not None]
     if not scored:
@@ -216,8 +216,6 @@ def select_on_samples(
     chosen = LowRankPolynomialRegressor(
         degree=best["degree"], rank=best["rank"], random_state=random_state
     ).fit(X, y)
-    chosen._remember_loo(best["loo_residuals"])  # the same refits: same parameters, data
-    for row in scored:
-        del row["loo_residuals"]
+    chosen._remember_loo(residuals[best["degree"], best["rank"]])  # same parameters, data
     unscored = [r for r in rows if r["loo_rmse"] is None]
     return Selection(chosen, scored + unscored)
