@@ -169,3 +169,67 @@ def test_too_few_samples_for_leave_one_out_fall_back_to_the_smallest_predictor(
     assert (choice["degree"], choice["rank"]) == (1, 1) and "too few" in choice["rule"]
     assert (result.predictor.degree, result.predictor.rank) == (1, 1)
     assert abs(result.macs_ratio - 0.5) <= 0.005
+
+
+class _StartRecorder(tridim.training.recipe.OwnLoop):
+    """tridim's loop, noting the weights and epochs each finetune starts from."""
+
+    def finetune(self, model, trial, **options):
+        self.started = {k: v.clone() for k, v in model.state_dict().items()}
+        self.epochs = trial.epochs
+        super().finetune(model, trial, **options)
+
+
+def test_the_final_model_goes_on_from_the_refine_model_of_the_same_network(tiny, base_model):
+    """Its epochs count: the final trial trains only those the refine trial did not; a
+    final cut to another network starts afresh from the base with all its epochs."""
+    from tests.conftest import bare_context
+    from tridim.run.store import StepRecord
+    from tridim.run.trial import Trial, execute_trial
+
+    recorder = _StartRecorder(tiny)
+    context = bare_context(base_model, tiny, recipe=recorder)
+    triple = Triple(1.0, 0.9, 0.75)
+    refine = Trial("refine:1", "refine", epochs=1, seed=0, train_seed=0, triple=triple)
+    refined = execute_trial(refine, context)
+    parent = StepRecord(refined.model.state_dict(), refined.plan, refined.sample)
+
+    final = Trial("final", "final", 3, 0, 0, triple=triple, split="test", parent="refine:1")
+    result = execute_trial(final, context, parent)
+    assert recorder.epochs == 2
+    assert all(torch.equal(recorder.started[k], v) for k, v in parent.state_dict.items())
+    assert result.sample.extra["continues"] == "refine:1" and result.sample.extra["epochs"] == 2
+    assert result.plan.to_dict() == refined.plan.to_dict()
+
+    elsewhere = Triple(1.0, 0.9, 0.875)
+    other = Trial("final", "final", 3, 0, 0, triple=elsewhere, split="test", parent="refine:1")
+    result = execute_trial(other, context, parent)
+    assert result.plan.resolution != refined.plan.resolution
+    assert recorder.epochs == 3 and "continues" not in result.sample.extra
+    fresh = tridim.prune.realise.apply_plan(base_model, result.plan).state_dict()
+    assert all(torch.equal(recorder.started[k], v) for k, v in fresh.items())
+
+
+@pytest.mark.parametrize("sample_fraction", [1.0, 0.5])
+def test_only_a_final_model_trained_on_the_refine_trials_data_continues_it(
+    tiny, base_model, tmp_path, sample_fraction
+):
+    result = tridim.optimize(
+        base_model,
+        tiny,
+        0.5,
+        workdir=tmp_path,
+        rounds=1,
+        epochs_per_step=1,
+        final_epochs=2,
+        refine=1,
+        quiet=True,
+        latency_repeats=1,
+        latency_batch=4,
+        sample_fraction=sample_fraction,
+    )
+    final = RunStore(tmp_path).load_step("final").sample.extra
+    proxy = sample_fraction < 1
+    assert final.get("continues") == (None if proxy else "refine:1")
+    assert result.report["compute"]["stages"]["final"]["epochs"] == (2 if proxy else 1)
+    assert ("first 1 were refine:1's" in result.report["samples_meaning"]) is not proxy

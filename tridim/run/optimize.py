@@ -214,7 +214,10 @@ def optimize(
         Collection: axis points per dimension, and finetuning epochs of every sample
         and refine trial.
     final_epochs : int
-        Finetuning epochs of the final model.
+        Finetuning epochs of the final model in all. When the last refine trial cut the
+        same network and trained on the same data (no sample proxy), the final model
+        continues that trial's model and its ``epochs_per_step`` epochs count: it trains
+        ``final_epochs - epochs_per_step`` more (``report["samples_meaning"]`` says so).
     refine : int
         At most this many verify-and-refit iterations: realise the predicted optimum,
         finetune it ``epochs_per_step`` epochs, add it as a sample, refit and re-solve;
@@ -428,6 +431,8 @@ class _Pipeline:
         self.seconds: dict[str, float] = {}
         self.reused_predictor = False
         self.selection: dict | None = None
+        #: The last refine trial run (the final model may continue its model).
+        self.last_refine: Trial | None = None
 
     def _timed(self, stage: str, function, *args):
         started = time.perf_counter()
@@ -526,6 +531,7 @@ class _Pipeline:
             distill=self.collection.distill,
             label=f"refine {iteration}/{self.settings.refine}",
         )
+        self.last_refine = trial
         sample = self._run_trial(trial).sample
         realised = [sample.d, sample.w, sample.r]
         predicted_there = float(predictor.predict([realised])[0])
@@ -547,7 +553,9 @@ class _Pipeline:
         return settled(old, new, len(context.base_blocks), min(context.input_size[1:]))
 
     def _final_trial(self, solution: Solution) -> Trial:
-        return Trial(
+        """The final model; it may continue the last refine trial's model (its parent)
+        when both train on the same data (see ``final_epochs`` in :func:`optimize`)."""
+        final = Trial(
             key="final",
             kind="final",
             epochs=self.settings.final_epochs,
@@ -558,6 +566,10 @@ class _Pipeline:
             split="test",
             label="final",
         )
+        refine = self.last_refine
+        if refine is None or not self.context.recipe.same_training(final, refine):
+            return final
+        return dataclasses.replace(final, parent=refine.key)
 
     def _finish(self, final: TrialResult, solution, predictor, samples, refinements, base_accuracy):
         """Measure the final model, then write predictor, plan, model and report."""
@@ -574,7 +586,11 @@ class _Pipeline:
         report["score"] = self.context.recipe.describe()
         report["predictor"] = self.selection
         report["samples_meaning"] = samples_meaning(
-            self.context, self.collection, self.settings, self.reused_predictor
+            self.context,
+            self.collection,
+            self.settings,
+            self.reused_predictor,
+            continued=final.sample.extra.get("continues"),
         )
         for record in refinements:
             for key in ("predicted_accuracy", "measured_accuracy", "new_predicted_accuracy"):

@@ -223,9 +223,14 @@ def samples_meaning(
     collection: CollectionSettings,
     settings: OptimizeSettings,
     reused_predictor: bool,
+    continued: str | None = None,
 ) -> str:
-    """One sentence: what the accuracies the predictor learnt from are."""
+    """One sentence: what the accuracies the predictor learnt from are (and how the
+    final model was trained: ``continued`` is the trial whose model it went on from)."""
     c, s = collection, settings
+    final = f"{s.final_epochs} epochs"
+    if continued is not None:
+        final += f", of which the first {c.epochs_per_step} were {continued}'s (same network)"
     distilled = ", distilled from the base model" if c.distill else ""
     share = "" if c.sample_fraction >= 1 else f" on {c.sample_fraction:g} of the training set"
     recipe = (
@@ -243,12 +248,12 @@ def samples_meaning(
         return (
             f"each axis sample is the previous step's finetuned model pruned further "
             f"(k steps: k finetunes), {recipe}; refine and final trials are cut from the "
-            f"base in one shot, the final one finetuned {s.final_epochs} epochs"
+            f"base in one shot, the final one finetuned {final}"
         )
     return (
         f"each sample is the base model cut in one shot to its (d, w, r) by realise "
         f"(criterion {c.criterion}, seed {c.seed}), {recipe}; the final model is made "
-        f"the same way at the budget, with {s.final_epochs} epochs"
+        f"the same way at the budget, with {final}"
     )
 
 

@@ -11,6 +11,8 @@ model (``final``). A trial is plain data; :func:`run_trial` executes it against 
    samples, refine and final trials; refine and final meet the run's budget exactly);
    a chain step (``collection="chain"``) shrinks one dimension of its parent's model;
 3. finetune (resuming from the trial's epoch checkpoint if a crash left one), evaluate;
+   the final trial goes on from the last refine trial's model instead when both cut the
+   same network and train on the same data (its epochs then count);
 4. store weights, plan and sample; append the sample to the journal (all but ``final``).
 
 So whatever runs the trials — this process, an executor, later a cluster — needs to
@@ -90,7 +92,10 @@ class Trial:
         Axis samples and chain steps: the coordinate of ``kind`` asked for, and (chain)
         the parent's, both relative to the base model.
     parent : str, optional
-        Chain steps: the key of the trial whose model this one shrinks further.
+        Chain steps: the key of the trial whose model this one shrinks further. A trial
+        with a ``triple`` (the final one): the trial whose finetuned model it goes on
+        training when realise cuts the same network (its epochs then count towards
+        ``epochs``).
     triple : Triple, optional
         The triple realised from the base model: as asked for by a one-shot sample, at
         the run's budget (MACs, or the context's latency budget, met as measured) by a
@@ -240,6 +245,8 @@ def execute_trial(
     started = time.perf_counter()
     seed_everything(trial.seed)
     model, plan = _cut_once(trial, context, parent)
+    if trial.triple is not None and parent is not None:
+        trial = _continue(trial, model, plan, parent)
     cut_seconds = time.perf_counter() - started
     if checkpoint_path is None and context.store is not None:
         checkpoint_path = context.store.checkpoint_path(trial.key)
@@ -248,6 +255,26 @@ def execute_trial(
     seconds = {"cut": cut_seconds, "train": time.perf_counter() - started - cut_seconds}
     sample = broadcast_object(_sample(trial, plan, accuracy, sum(seconds.values()), context))
     return TrialResult(sample, plan, model, seconds)
+
+
+def _continue(trial: Trial, model: nn.Module, plan: Plan, parent: StepRecord) -> Trial:
+    """A trial cut from the base to its parent's network goes on from the parent's
+    finetuned model for the epochs the parent did not train; cut to another network (or
+    asking fewer epochs than the parent trained), it starts afresh, without a parent."""
+    done = int(parent.sample.extra.get("epochs", 0))
+    if not same_architecture(plan, parent.plan) or done > trial.epochs:
+        return dataclasses.replace(trial, parent=None)
+    model.load_state_dict(parent.state_dict)
+    return dataclasses.replace(trial, epochs=trial.epochs - done)
+
+
+def same_architecture(plan: Plan, other: Plan) -> bool:
+    """Whether two plans of one base model cut it to the same network and input size."""
+    return (
+        sorted(plan.removed_blocks) == sorted(other.removed_blocks)
+        and plan.width_removal == other.width_removal
+        and tuple(plan.resolution) == tuple(other.resolution)
+    )
 
 
 def _cut_once(
@@ -307,6 +334,8 @@ def _sample(
         extra["requested"] = trial.value
     if trial.triple is not None:
         extra["triple"] = trial.triple.to_dict()
+        if trial.parent is not None:
+            extra["continues"] = trial.parent
     extra.update(
         macs_ratio=plan.macs_ratio,
         epochs=trial.epochs,

@@ -87,6 +87,12 @@ class Recipe:
         """The plain score of ``model`` on ``split`` ("val" or "test")."""
         raise NotImplementedError
 
+    def same_training(self, trial, other) -> bool:
+        """Whether ``trial`` and ``other`` finetune on the same data the same way, so
+        that one may go on from the other's model (the final model continues the last
+        refine trial's then). A user's loop may train trials differently: False."""
+        return False
+
     def oriented(self, score: float) -> float:
         """``score`` turned so that larger is better (what runs store and maximise)."""
         return score if self.higher_is_better else -score
@@ -168,6 +174,9 @@ class OwnLoop(Recipe):
         if trial.kind == "final" or self.sample_data is None:
             return self.data
         return self.sample_data
+
+    def same_training(self, trial, other) -> bool:
+        return self.training_data(trial) is self.training_data(other)
 
     def evaluate(self, model, split, execution) -> float:
         loader = self.data.loader(split, 256, device=model_device(model))
