@@ -18,6 +18,7 @@ import torch
 import tridim
 from tridim.run.collect import collect, step_values
 from tridim.run.store import JOURNAL as JOURNAL_NAME
+from tridim.run.store import RunStore
 from tridim.search.samples import read_samples
 from tridim.training import models
 
@@ -383,7 +384,7 @@ def _small_optimize(model, data, workdir):
         workdir=workdir,
         rounds=2,
         epochs_per_step=1,
-        final_epochs=2,
+        final_epochs=3,  # 2 to train when it goes on from refine:1: a kill after 1 is mid-trial
         refine=1,
         quiet=True,
         latency_repeats=2,
@@ -423,6 +424,8 @@ def test_optimize_killed_mid_trial_resumes_to_the_same_report(
 
     resumed = _small_optimize(base_model, tiny, tmp_path).report
     assert_same_report(resumed, reference_run[1])
+    final = RunStore(tmp_path).load_step("final").sample.extra
+    assert (final["continues"], final["epochs"]) == ("refine:1", 2)  # killed after 1 of 2
     keys = [s.extra["key"] for s in read_samples(tmp_path / JOURNAL_NAME)]
     assert len(keys) == len(set(keys)) and "refine:1" in keys
     assert not list((tmp_path / "steps").glob("*.ckpt"))  # finished trials drop them

@@ -232,4 +232,4 @@ def test_only_a_final_model_trained_on_the_refine_trials_data_continues_it(
     proxy = sample_fraction < 1
     assert final.get("continues") == (None if proxy else "refine:1")
     assert result.report["compute"]["stages"]["final"]["epochs"] == (2 if proxy else 1)
-    assert ("first 1 were refine:1's" in result.report["samples_meaning"]) is not proxy
+    assert ("the first 1 of them refine:1's" in result.report["samples_meaning"]) is not proxy

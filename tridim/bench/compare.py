@@ -25,15 +25,17 @@ folder too). Methods:
   (L2 magnitude) importance; both pruned to the measured MACs target within 1%;
 - ``scratch``: a uniformly thinner model of the same family at the same MACs, trained from
   scratch (cosine) for the epochs the base trained plus every epoch the ``tridim`` cell
-  spent plus the final epochs;
+  spent plus the final epochs it trained;
 - ``best-grid``: triples on the iso-MACs surface (depth and resolution on a grid, width
   taking the rest), each realised and finetuned like the others: the oracle the
   predictor tries to find.
 
 Every pruned model gets the same final finetuning: ``final_epochs`` epochs of SGD with
 the cosine schedule at lr 0.02, distilling from the base model (as tridim's final trial
-does). What a method spent before it (collection, refinement, sparse training) is
-recorded apart, in epochs and seconds. Each finished model is timed against the base
+does; when its last refine trial cut the same network, tridim's final model goes on from
+that trial's model and trains only the epochs the refine trial did not, and its cell
+records those). What a method spent before it (collection, refinement, sparse training)
+is recorded apart, in epochs and seconds. Each finished model is timed against the base
 model in alternating rounds at batch 1 and the latency batch, in the same process.
 """
 
@@ -429,7 +431,7 @@ def _tridim(setup: _Setup, target: float, seed: int, *, name: str = "tridim", **
         "before_final_epochs": (report["n_samples"] - 1) * options["epochs_per_step"],
         "before_final_seconds": seconds.get("collect", 0.0) + seconds.get("refine", 0.0),
         "before_final_base_trainings": report["compute"]["search"]["base_trainings"],
-        "final_epochs": o["final_epochs"],
+        "final_epochs": report["compute"]["stages"]["final"]["epochs"],
         "final_seconds": seconds.get("finetune", 0.0),
         "predicted_accuracy": report["predicted_accuracy"],
         "refine_abs_error": report["prediction"].get("mean_abs_error_at_refine"),
@@ -561,8 +563,10 @@ def _scratch(setup: _Setup, target: float, seed: int):
     if name.lower() not in CIFAR_RESNET_DEPTHS:
         return None  # needs a family with a width option
     reference = _stored(setup, "tridim", target, seed)
-    spent = 0 if reference is None else reference["before_final_epochs"]
-    epochs = setup.base_record["epochs"] + spent + setup.options["final_epochs"]
+    spent, final = 0, setup.options["final_epochs"]
+    if reference is not None:  # what tridim trained (its final may go on from a refine trial)
+        spent, final = reference["before_final_epochs"], reference["final_epochs"]
+    epochs = setup.base_record["epochs"] + spent + final
     size, classes = setup.size, setup.data.num_classes
     widths = [step / 100 for step in range(20, 101)]
     ratios = [count_macs(build(name, classes, size[0], width=w), size) for w in widths]

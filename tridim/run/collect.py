@@ -8,8 +8,9 @@ the budget's iso-cost surface (:mod:`tridim.search.design`). Each point is a
 
 - ``collection="one-shot"`` (default): every sample is cut from the base model by
   :func:`~tridim.realise.realise` and finetuned ``epochs_per_step`` epochs — the recipe
-  of the refine trials and of the final model, which differs only in its epochs; so the
-  predictor learns what the final model will get;
+  of the refine trials and of the final model, which differs only in its epochs (and
+  may go on from the last refine trial's model); so the predictor learns what the final
+  model will get;
 - ``collection="chain"`` (the paper's Algorithm 1): each axis step is cut from the
   previous step's finetuned model of the same dimension, so step k has had k finetunes.
 

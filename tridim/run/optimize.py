@@ -14,7 +14,10 @@ A short ask-and-tell loop over :class:`~tridim.run.trial.Trial`\\ s, all recorde
 Every trial is made by one recipe (:mod:`tridim.run.trial`): cut from the base model by
 ``realise`` with the run's criterion and seed, finetuned with the same optimiser,
 schedule and distillation; the final trial differs only in its epochs. So the samples
-the predictor learns from are made the way the final model is.
+the predictor learns from are made the way the final model is. When the last refine
+trial cut the final network and trained on the same data, it *is* the final model's
+first ``epochs_per_step`` epochs: the final trial goes on from its model for the rest
+(a new cosine schedule over the remaining epochs, a warm restart).
 
 Every trial is stored as it finishes, and the final finetune keeps an epoch checkpoint,
 so a re-run on the same workdir resumes where the last one stopped.
@@ -216,8 +219,10 @@ def optimize(
     final_epochs : int
         Finetuning epochs of the final model in all. When the last refine trial cut the
         same network and trained on the same data (no sample proxy), the final model
-        continues that trial's model and its ``epochs_per_step`` epochs count: it trains
-        ``final_epochs - epochs_per_step`` more (``report["samples_meaning"]`` says so).
+        goes on from that trial's model and its ``epochs_per_step`` epochs count: it
+        trains ``final_epochs - epochs_per_step`` more, on a new cosine schedule from
+        ``lr`` (``report["samples_meaning"]`` says so). With ``final_epochs`` below
+        ``epochs_per_step`` it trains afresh.
     refine : int
         At most this many verify-and-refit iterations: realise the predicted optimum,
         finetune it ``epochs_per_step`` epochs, add it as a sample, refit and re-solve;
@@ -590,7 +595,7 @@ class _Pipeline:
             self.collection,
             self.settings,
             self.reused_predictor,
-            continued=final.sample.extra.get("continues"),
+            final=final.sample.extra,
         )
         for record in refinements:
             for key in ("predicted_accuracy", "measured_accuracy", "new_predicted_accuracy"):

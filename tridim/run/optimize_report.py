@@ -223,14 +223,19 @@ def samples_meaning(
     collection: CollectionSettings,
     settings: OptimizeSettings,
     reused_predictor: bool,
-    continued: str | None = None,
+    final: dict | None = None,
 ) -> str:
-    """One sentence: what the accuracies the predictor learnt from are (and how the
-    final model was trained: ``continued`` is the trial whose model it went on from)."""
+    """One sentence: what the accuracies the predictor learnt from are, and how the final
+    model was trained (``final``: its sample's extra, saying whether it went on from a
+    refine trial's model and how many epochs it trained then)."""
     c, s = collection, settings
-    final = f"{s.final_epochs} epochs"
-    if continued is not None:
-        final += f", of which the first {c.epochs_per_step} were {continued}'s (same network)"
+    final_epochs = f"{s.final_epochs} epochs"
+    if final is not None and final.get("continues"):
+        before = s.final_epochs - int(final["epochs"])
+        final_epochs += (
+            f", the first {before} of them {final['continues']}'s (the same network), "
+            f"then {final['epochs']} more on a new cosine schedule"
+        )
     distilled = ", distilled from the base model" if c.distill else ""
     share = "" if c.sample_fraction >= 1 else f" on {c.sample_fraction:g} of the training set"
     recipe = (
@@ -243,17 +248,20 @@ def samples_meaning(
             f"scored by your evaluate()"
         )
     if reused_predictor:
-        return f"samples of the reused predictor's run; refine trials here were {recipe}"
+        return (
+            f"samples of the reused predictor's run; refine trials here were {recipe}; the "
+            f"final model is cut from the base at the budget, with {final_epochs}"
+        )
     if c.collection == "chain":
         return (
             f"each axis sample is the previous step's finetuned model pruned further "
             f"(k steps: k finetunes), {recipe}; refine and final trials are cut from the "
-            f"base in one shot, the final one finetuned {final}"
+            f"base in one shot, the final one finetuned {final_epochs}"
         )
     return (
         f"each sample is the base model cut in one shot to its (d, w, r) by realise "
         f"(criterion {c.criterion}, seed {c.seed}), {recipe}; the final model is made "
-        f"the same way at the budget, with {final}"
+        f"the same way at the budget, with {final_epochs}"
     )
 
 
