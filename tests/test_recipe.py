@@ -127,25 +127,16 @@ def test_refinement_settles_within_a_block_a_pixel_and_a_width_step():
     assert not settled(old, Triple(7 / 9, 0.80 + 2 * WIDTH_STEP, 14 / 16), 9, 16)
 
 
-def _untrained_optimize(model, data, workdir, **options):
-    """optimize() at 0.5 with no finetuning: the pipeline's bookkeeping, in seconds."""
-    return tridim.optimize(
-        model,
-        data,
-        0.5,
-        workdir=workdir,
-        rounds=1,
-        epochs_per_step=0,
-        final_epochs=0,
-        quiet=True,
-        latency_repeats=1,
-        latency_batch=4,
-        **options,
-    )
+def _quick_optimize(model, data, workdir, **options):
+    """optimize() at 0.5 on small settings, with no finetuning unless ``options`` ask for
+    it: the pipeline's bookkeeping, in seconds."""
+    settings = dict(rounds=1, epochs_per_step=0, final_epochs=0, quiet=True)
+    settings.update(latency_repeats=1, latency_batch=4)
+    return tridim.optimize(model, data, 0.5, workdir=workdir, **{**settings, **options})
 
 
 def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, tmp_path):
-    result = _untrained_optimize(base_model, tiny, tmp_path, design=3, refine=2)
+    result = _quick_optimize(base_model, tiny, tmp_path, design=3, refine=2)
     report = result.report
     assert "cut in one shot" in report["samples_meaning"]
     assert report["predictor"]["degree"] == result.predictor.degree
@@ -164,7 +155,7 @@ def test_optimize_reports_its_recipe_and_its_predictor_choice(tiny, base_model, 
 def test_too_few_samples_for_leave_one_out_fall_back_to_the_smallest_predictor(
     tiny, base_model, tmp_path
 ):
-    result = _untrained_optimize(base_model, tiny, tmp_path, design=0, refine=1)
+    result = _quick_optimize(base_model, tiny, tmp_path, design=0, refine=1)
     choice = result.report["predictor"]
     assert (choice["degree"], choice["rank"]) == (1, 1) and "too few" in choice["rule"]
     assert (result.predictor.degree, result.predictor.rank) == (1, 1)
@@ -214,20 +205,8 @@ def test_the_final_model_goes_on_from_the_refine_model_of_the_same_network(tiny,
 def test_only_a_final_model_trained_on_the_refine_trials_data_continues_it(
     tiny, base_model, tmp_path, sample_fraction
 ):
-    result = tridim.optimize(
-        base_model,
-        tiny,
-        0.5,
-        workdir=tmp_path,
-        rounds=1,
-        epochs_per_step=1,
-        final_epochs=2,
-        refine=1,
-        quiet=True,
-        latency_repeats=1,
-        latency_batch=4,
-        sample_fraction=sample_fraction,
-    )
+    options = dict(epochs_per_step=1, final_epochs=2, refine=1, sample_fraction=sample_fraction)
+    result = _quick_optimize(base_model, tiny, tmp_path, **options)
     final = RunStore(tmp_path).load_step("final").sample.extra
     proxy = sample_fraction < 1
     assert final.get("continues") == (None if proxy else "refine:1")

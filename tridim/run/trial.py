@@ -262,19 +262,10 @@ def _continue(trial: Trial, model: nn.Module, plan: Plan, parent: StepRecord) ->
     finetuned model for the epochs the parent did not train; cut to another network (or
     asking fewer epochs than the parent trained), it starts afresh, without a parent."""
     done = int(parent.sample.extra.get("epochs", 0))
-    if not same_architecture(plan, parent.plan) or done > trial.epochs:
+    if not plan.same_network(parent.plan) or done > trial.epochs:
         return dataclasses.replace(trial, parent=None)
     model.load_state_dict(parent.state_dict)
     return dataclasses.replace(trial, epochs=trial.epochs - done)
-
-
-def same_architecture(plan: Plan, other: Plan) -> bool:
-    """Whether two plans of one base model cut it to the same network and input size."""
-    return (
-        sorted(plan.removed_blocks) == sorted(other.removed_blocks)
-        and plan.width_removal == other.width_removal
-        and tuple(plan.resolution) == tuple(other.resolution)
-    )
 
 
 def _cut_once(

@@ -80,6 +80,15 @@ class Plan:
     base_spec: dict | None = None
     format: int = field(default=PLAN_FORMAT)
 
+    def same_network(self, other: Plan) -> bool:
+        """Whether ``other``, a plan of the same base model, cuts it to the same network
+        and input size (what :func:`~tridim.prune.realise.apply_plan` rebuilds from)."""
+        return (
+            sorted(self.removed_blocks) == sorted(other.removed_blocks)
+            and self.width_removal == other.width_removal
+            and tuple(self.resolution) == tuple(other.resolution)
+        )
+
     def to_dict(self) -> dict:
         """A JSON-ready dict (lists for tuples, dicts for triples)."""
         return {
